@@ -1,0 +1,52 @@
+//! `herd`: serve, load and benchmark a prefork TCP server on loopback.
+//!
+//! ```text
+//! herd serve [--mode shared|handoff|reuseport] [--accept STRATEGY] [--workers N] [--listen ADDR]
+//! ```
+//!
+//! Each subcommand lives in its own module and prints its own `--help`.
+
+mod cli;
+mod http;
+mod serve;
+mod timestamp;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+herd — a prefork TCP server (primary + forked workers) and a lab for measuring how connections
+are spread over workers: shared listener, primary handoff, or SO_REUSEPORT.
+
+Usage: herd <COMMAND> [OPTIONS]
+
+Commands:
+  serve    run the demo HTTP/1.1 server on a cluster of workers
+  help     print this message
+
+Run `herd <COMMAND> --help` for a command's options.
+";
+
+fn main() -> ExitCode {
+    let mut args = lexopt::Parser::from_env();
+    let command = match args.next() {
+        Ok(Some(lexopt::Arg::Value(v))) => v.to_string_lossy().into_owned(),
+        Ok(Some(lexopt::Arg::Long("help") | lexopt::Arg::Short('h'))) | Ok(None) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Some(lexopt::Arg::Long("version") | lexopt::Arg::Short('V'))) => {
+            println!("herd {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Ok(Some(other)) => return cli::usage_error(other.unexpected()),
+        Err(e) => return cli::usage_error(e),
+    };
+    match command.as_str() {
+        "serve" => serve::main(args),
+        "help" => {
+            print!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        other => cli::usage_error(format!("unknown command {other:?}; try `herd --help`")),
+    }
+}

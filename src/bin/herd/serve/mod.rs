@@ -1,0 +1,147 @@
+//! `herd serve`: the demo HTTP/1.1 server on a herd cluster.
+
+mod server;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use herd::{Cluster, ListenAddr, Mode, SharedAccept};
+
+use crate::cli;
+
+const HELP: &str = "\
+herd serve — run the demo HTTP/1.1 server on a primary + forked workers
+
+Every request gets `200` with the body `worker <id> pid <pid>\\n`. Keep-alive (the HTTP/1.1
+default) and `Connection: close` are both honoured. SIGINT or SIGTERM shut down gracefully
+(workers finish their open connections; a second SIGINT or SIGQUIT kills them at once); the
+per-worker counters are printed on exit.
+
+Usage: herd serve [OPTIONS]
+
+Options:
+  --mode MODE              how connections reach workers [default: shared]
+                             shared     one listener, every worker accepts on it
+                             handoff    the primary accepts and passes each connection
+                                        round-robin over the channel (SCM_RIGHTS)
+                             reuseport  one SO_REUSEPORT listener per worker
+  --accept STRATEGY        shared mode: how workers wait on the listener [default: epoll-rotate]
+                             epoll            level-triggered, every worker woken (the herd)
+                             epoll-exclusive  EPOLLEXCLUSIVE: one woken, but unfair
+                             epoll-rotate     EPOLLEXCLUSIVE re-armed at the tail: fair
+                             blocking         a thread per worker in blocking accept: fair
+  -w, --workers N          worker processes [default: number of CPUs]
+  -l, --listen ADDR        127.0.0.1:8080, [::1]:8080, port 0 for any free port, or a Unix
+                           socket path (/tmp/herd.sock, unix:herd.sock) [default: 127.0.0.1:8080]
+  --backlog N              listen(2) backlog [default: 1024]
+  --window N               handoff mode: unacknowledged handoffs per worker [default: 32]
+  --shutdown-timeout SECS  graceful shutdown: kill workers still busy after this [default: 30]
+  -q, --quiet              do not log lifecycle events
+  -h, --help               print this help
+
+Exit status: 0 after a clean shutdown, 1 on a runtime error, 2 on bad usage (unknown mode, bad
+address, port in use).
+";
+
+struct Args {
+    mode: String,
+    accept: Option<SharedAccept>,
+    workers: Option<usize>,
+    listen: ListenAddr,
+    backlog: i32,
+    window: usize,
+    shutdown_timeout: f64,
+    quiet: bool,
+}
+
+fn parse_args(mut parser: lexopt::Parser) -> Result<Option<Args>, String> {
+    use lexopt::Arg::{Long, Short};
+    let mut args = Args {
+        mode: "shared".into(),
+        accept: None,
+        workers: None,
+        listen: "127.0.0.1:8080".parse().expect("a valid default"),
+        backlog: herd::DEFAULT_BACKLOG,
+        window: herd::mode::handoff::DEFAULT_WINDOW,
+        shutdown_timeout: 30.0,
+        quiet: false,
+    };
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("mode") => args.mode = cli::parse(&mut parser, "--mode")?,
+            Long("accept") => args.accept = Some(cli::parse(&mut parser, "--accept")?),
+            Short('w') | Long("workers") => args.workers = Some(cli::parse(&mut parser, "--workers")?),
+            Short('l') | Long("listen") => args.listen = cli::parse(&mut parser, "--listen")?,
+            Long("backlog") => args.backlog = cli::parse(&mut parser, "--backlog")?,
+            Long("window") => args.window = cli::parse(&mut parser, "--window")?,
+            Long("shutdown-timeout") => args.shutdown_timeout = cli::parse(&mut parser, "--shutdown-timeout")?,
+            Short('q') | Long("quiet") => args.quiet = true,
+            Short('h') | Long("help") => return Ok(None),
+            other => return Err(other.unexpected().to_string()),
+        }
+    }
+    if !(args.shutdown_timeout.is_finite() && args.shutdown_timeout >= 0.0) {
+        return Err(format!("--shutdown-timeout {}: must be a number of seconds >= 0", args.shutdown_timeout));
+    }
+    Ok(Some(args))
+}
+
+fn mode_of(args: &Args) -> Result<Mode, String> {
+    let mode: Mode = args.mode.parse().map_err(|e| format!("--mode: {e}"))?;
+    match (mode, args.accept) {
+        (Mode::Shared(_), Some(strategy)) => Ok(Mode::Shared(strategy)),
+        (other, Some(_)) => Err(format!("--accept applies to shared mode only, not {}", other.name())),
+        (mode, None) => Ok(mode),
+    }
+}
+
+pub fn main(parser: lexopt::Parser) -> ExitCode {
+    let args = match parse_args(parser) {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => return cli::usage_error(e),
+    };
+    let mode = match mode_of(&args) {
+        Ok(m) => m,
+        Err(e) => return cli::usage_error(e),
+    };
+    let mut builder = Cluster::builder(args.listen.clone())
+        .mode(mode)
+        .backlog(args.backlog)
+        .handoff_window(args.window)
+        .shutdown_timeout(Duration::from_secs_f64(args.shutdown_timeout));
+    if let Some(n) = args.workers {
+        builder = builder.workers(n);
+    }
+    // Everything up to here is the user's input: a failure is bad usage (exit 2).
+    let cluster = match builder.bind() {
+        Ok(c) => c,
+        Err(e) => return cli::usage_error(e),
+    };
+    let workers = cluster.config().workers;
+    eprintln!(
+        "{} herd: serving http://{} mode={mode} workers={workers} pid={}",
+        crate::timestamp::now(),
+        cluster.local_addr(),
+        std::process::id()
+    );
+    let quiet = args.quiet;
+    let result = cluster.run(server::run, |event| {
+        if !quiet {
+            eprintln!("{} herd: {event}", crate::timestamp::now());
+        }
+    });
+    match result {
+        Ok(snapshot) => {
+            println!("{snapshot}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("herd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

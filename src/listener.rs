@@ -1,0 +1,104 @@
+//! A bound, listening socket and the kind of stream it accepts.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use crate::ListenAddr;
+use crate::sys::listen::{self, TcpOptions};
+
+/// Which kind of stream a listener accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamKind {
+    /// TCP over IPv4 or IPv6.
+    Tcp,
+    /// A Unix-domain stream socket.
+    Unix,
+}
+
+/// A listening socket (close-on-exec), owned by the primary and inherited by workers across
+/// `fork`.
+#[derive(Debug)]
+pub struct Listener {
+    fd: OwnedFd,
+}
+
+/// How to create a listener.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BindOptions {
+    pub reuseport: bool,
+    pub backlog: i32,
+    pub nonblocking: bool,
+}
+
+impl Listener {
+    /// Binds `addr` (a Unix path must have been prepared by [`UnixPath::claim`]).
+    pub(crate) fn bind(addr: &ListenAddr, opts: BindOptions) -> io::Result<Listener> {
+        match addr {
+            ListenAddr::Tcp(a) => {
+                let fd = listen::tcp_listener(
+                    *a,
+                    TcpOptions { reuseport: opts.reuseport, backlog: opts.backlog, nonblocking: opts.nonblocking },
+                )?;
+                Ok(Listener { fd })
+            }
+            ListenAddr::Unix(p) => Ok(Listener { fd: listen::unix_listener(p, opts.backlog, opts.nonblocking)? }),
+        }
+    }
+
+    /// The TCP address actually bound (with the port the kernel chose for port 0).
+    pub(crate) fn tcp_addr(&self) -> io::Result<std::net::SocketAddr> {
+        listen::local_tcp_addr(&self.fd)
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// A Unix socket path this primary bound: removed again when the primary (and only the primary,
+/// not a forked worker holding a copy) drops it.
+#[derive(Debug)]
+pub(crate) struct UnixPath {
+    path: PathBuf,
+    owner: rustix::process::Pid,
+}
+
+impl UnixPath {
+    /// Makes `path` free to bind: a stale socket file (left by a crash, nobody accepting on it)
+    /// is removed; a live one, or a path that is not a socket, is an error.
+    pub(crate) fn claim(path: &Path) -> io::Result<UnixPath> {
+        use std::os::unix::fs::FileTypeExt;
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                if listen::unix_socket_is_live(path) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!("bind({}): address in use: another server accepts on this socket", path.display()),
+                    ));
+                }
+                std::fs::remove_file(path)
+                    .map_err(|e| crate::sys::context(e, format!("remove stale socket {}", path.display())))?;
+            }
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("bind({}): the path exists and is not a socket", path.display()),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(crate::sys::context(e, format!("stat({})", path.display()))),
+        }
+        Ok(UnixPath { path: path.to_owned(), owner: rustix::process::getpid() })
+    }
+}
+
+impl Drop for UnixPath {
+    fn drop(&mut self) {
+        if rustix::process::getpid() == self.owner {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}

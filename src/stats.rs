@@ -1,0 +1,208 @@
+//! Exact counters, kept in memory shared by the primary and every worker.
+//!
+//! The region ([`crate::sys::shm`]) is mapped before the first `fork`, so all processes see it.
+//! Each worker slot owns one cache line of atomics and only that worker writes it (relaxed
+//! increments, no system call, no false sharing); the primary owns one more line. Anyone may
+//! read any line at any time without asking over the channel — that is how `herd serve` prints
+//! every worker's counters on exit and how `herd bench` samples them.
+//!
+//! Counters are per slot and cumulative: a worker that replaces another in the same slot keeps
+//! counting where its predecessor stopped.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::sys::shm::{CacheLine, SharedRegion};
+
+/// The counters of one worker slot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// How often the worker woke up for its accept source: an `epoll_wait` that reported the
+    /// listener (or the channel, in handoff) readable, or a blocking `accept` that returned.
+    pub wakeups: u64,
+    /// Connections the worker accepted itself (shared and reuseport modes).
+    pub accepts: u64,
+    /// `accept` calls that found nothing (`EAGAIN`): in shared/epoll, the losers of the herd.
+    pub eagains: u64,
+    /// Connections received from the primary over the channel (handoff mode).
+    pub handoffs_received: u64,
+    /// Handoffs acknowledged back to the primary.
+    pub handoffs_acked: u64,
+    /// Connections the worker finished with (its [`crate::Stream`] was dropped or released).
+    pub closed: u64,
+}
+
+impl WorkerStats {
+    /// Connections this worker got, by accepting or by handoff.
+    pub fn connections(&self) -> u64 {
+        self.accepts + self.handoffs_received
+    }
+}
+
+/// The primary's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrimaryStats {
+    /// Connections the primary accepted (handoff mode).
+    pub accepted: u64,
+    /// Handoffs sent to workers, requeued ones included.
+    pub dispatched: u64,
+    /// Connections that found no worker with room and waited in the primary's queue.
+    pub queued: u64,
+    /// Unacknowledged handoffs taken back from a worker that died or rejected them, and given
+    /// to another.
+    pub requeued: u64,
+}
+
+/// Indexes into a worker's cache line.
+#[derive(Clone, Copy, Debug)]
+#[repr(usize)]
+pub(crate) enum WorkerCounter {
+    Wakeups = 0,
+    Accepts,
+    Eagains,
+    HandoffsReceived,
+    HandoffsAcked,
+    Closed,
+}
+
+/// Indexes into the primary's cache line.
+#[derive(Clone, Copy, Debug)]
+#[repr(usize)]
+pub(crate) enum PrimaryCounter {
+    Accepted = 0,
+    Dispatched,
+    Queued,
+    Requeued,
+}
+
+/// Where the primary records how many slots are in use (its line's last cell).
+const SLOTS_IN_USE: usize = 7;
+
+/// The shared counter region: line 0 is the primary's, line `1 + slot` is worker slot `slot`'s.
+#[derive(Clone, Debug)]
+pub struct Counters {
+    region: Arc<SharedRegion>,
+    capacity: usize,
+}
+
+impl Counters {
+    /// Maps a region for the primary and up to `capacity` worker slots.
+    pub(crate) fn new(capacity: usize) -> std::io::Result<Counters> {
+        Ok(Counters { region: Arc::new(SharedRegion::new(capacity + 1)?), capacity })
+    }
+
+    /// How many worker slots have been used so far (the highest slot ever started, plus one).
+    pub fn slots(&self) -> usize {
+        self.line(0).0[SLOTS_IN_USE].load(Ordering::Relaxed) as usize
+    }
+
+    /// How many worker slots the region can hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Records that `slot` is in use.
+    pub(crate) fn use_slot(&self, slot: usize) {
+        assert!(slot < self.capacity, "worker slot {slot} beyond the counter region's {} slots", self.capacity);
+        self.line(0).0[SLOTS_IN_USE].fetch_max(slot as u64 + 1, Ordering::Relaxed);
+    }
+
+    fn line(&self, index: usize) -> &CacheLine {
+        &self.region.lines()[index]
+    }
+
+    pub(crate) fn bump_worker(&self, slot: usize, which: WorkerCounter, by: u64) {
+        self.line(1 + slot).0[which as usize].fetch_add(by, Ordering::Relaxed);
+    }
+
+    pub(crate) fn bump_primary(&self, which: PrimaryCounter, by: u64) {
+        self.line(0).0[which as usize].fetch_add(by, Ordering::Relaxed);
+    }
+
+    /// A snapshot of worker slot `slot`'s counters.
+    ///
+    /// # Panics
+    /// If `slot` is not below [`slots`](Self::slots).
+    pub fn worker(&self, slot: usize) -> WorkerStats {
+        assert!(slot < self.capacity, "worker slot {slot} out of range (the region has {})", self.capacity);
+        let c = &self.line(1 + slot).0;
+        let get = |w: WorkerCounter| c[w as usize].load(Ordering::Relaxed);
+        WorkerStats {
+            wakeups: get(WorkerCounter::Wakeups),
+            accepts: get(WorkerCounter::Accepts),
+            eagains: get(WorkerCounter::Eagains),
+            handoffs_received: get(WorkerCounter::HandoffsReceived),
+            handoffs_acked: get(WorkerCounter::HandoffsAcked),
+            closed: get(WorkerCounter::Closed),
+        }
+    }
+
+    /// A snapshot of the primary's counters.
+    pub fn primary(&self) -> PrimaryStats {
+        let c = &self.line(0).0;
+        let get = |p: PrimaryCounter| c[p as usize].load(Ordering::Relaxed);
+        PrimaryStats {
+            accepted: get(PrimaryCounter::Accepted),
+            dispatched: get(PrimaryCounter::Dispatched),
+            queued: get(PrimaryCounter::Queued),
+            requeued: get(PrimaryCounter::Requeued),
+        }
+    }
+
+    /// A snapshot of everything.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot { primary: self.primary(), workers: (0..self.slots()).map(|s| self.worker(s)).collect() }
+    }
+}
+
+/// All counters at one instant.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The primary's.
+    pub primary: PrimaryStats,
+    /// One entry per worker slot.
+    pub workers: Vec<WorkerStats>,
+}
+
+impl Snapshot {
+    /// The sum over all worker slots.
+    pub fn total(&self) -> WorkerStats {
+        self.workers.iter().fold(WorkerStats::default(), |a, w| WorkerStats {
+            wakeups: a.wakeups + w.wakeups,
+            accepts: a.accepts + w.accepts,
+            eagains: a.eagains + w.eagains,
+            handoffs_received: a.handoffs_received + w.handoffs_received,
+            handoffs_acked: a.handoffs_acked + w.handoffs_acked,
+            closed: a.closed + w.closed,
+        })
+    }
+}
+
+impl fmt::Display for Snapshot {
+    /// A table: one row per worker slot, a total row, and the primary's counters.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:>6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "worker", "wakeups", "accepts", "eagains", "handoffs", "acked", "closed"
+        )?;
+        let row = |f: &mut fmt::Formatter<'_>, name: &str, w: &WorkerStats| {
+            writeln!(
+                f,
+                "{:>6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                name, w.wakeups, w.accepts, w.eagains, w.handoffs_received, w.handoffs_acked, w.closed
+            )
+        };
+        for (i, w) in self.workers.iter().enumerate() {
+            row(f, &i.to_string(), w)?;
+        }
+        row(f, "total", &self.total())?;
+        let p = &self.primary;
+        write!(
+            f,
+            "primary: accepted {} dispatched {} queued {} requeued {}",
+            p.accepted, p.dispatched, p.queued, p.requeued
+        )
+    }
+}

@@ -1,0 +1,125 @@
+//! `socketpair(2)` and `sendmsg(2)` / `recvmsg(2)` with `SCM_RIGHTS`: passing descriptors between
+//! the primary and its workers.
+//!
+//! The channel is `AF_UNIX` + `SOCK_SEQPACKET`: reliable, ordered, connection-oriented like a
+//! stream, yet it keeps message boundaries like a datagram. One `recvmsg` reads exactly one
+//! frame, and a frame's descriptors arrive with that frame, never split across two reads — so
+//! the framing layer above needs no reassembly. See [`unix(7)`].
+//!
+//! Received descriptors are installed with `MSG_CMSG_CLOEXEC` (atomically close-on-exec) and
+//! become [`OwnedFd`]s at once: whatever happens next (a truncated frame, a bad header), dropping
+//! them closes them, so nothing leaks.
+//!
+//! [`unix(7)`]: https://man7.org/linux/man-pages/man7/unix.7.html
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+
+/// The most descriptors one frame may carry. The receive buffer has room for exactly this many;
+/// a sender that attaches more makes the kernel set `MSG_CTRUNC` and close the rest.
+pub const MAX_FDS: usize = 8;
+
+/// Corresponds to `socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0)`; see
+/// [`socketpair(2)`].
+///
+/// [`socketpair(2)`]: https://man7.org/linux/man-pages/man2/socketpair.2.html
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
+        .map_err(|e| super::context(super::from_errno(e), "socketpair(AF_UNIX, SOCK_SEQPACKET)"))
+}
+
+/// Corresponds to `sendmsg(fd, {bytes}, SCM_RIGHTS{fds}, MSG_NOSIGNAL | flags)`; see
+/// [`sendmsg(2)`]. `nonblocking` adds `MSG_DONTWAIT`. Retries `EINTR`.
+///
+/// A seqpacket send is all or nothing: it returns the whole length or an error.
+///
+/// [`sendmsg(2)`]: https://man7.org/linux/man-pages/man2/sendmsg.2.html
+pub fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    bytes: &[&[u8]],
+    fds: &[BorrowedFd<'_>],
+    nonblocking: bool,
+) -> io::Result<usize> {
+    let iov: Vec<IoSlice<'_>> = bytes.iter().map(|b| IoSlice::new(b)).collect();
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS * 2))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("sendmsg(SCM_RIGHTS): {} descriptors do not fit one message", fds.len()),
+        ));
+    }
+    let mut flags = SendFlags::NOSIGNAL;
+    if nonblocking {
+        flags |= SendFlags::DONTWAIT;
+    }
+    loop {
+        match rustix::net::sendmsg(sock, &iov, &mut control, flags) {
+            Ok(n) => return Ok(n),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(super::from_errno(e)),
+        }
+    }
+}
+
+/// What one [`recv_with_fds`] call read.
+#[derive(Debug)]
+pub struct Received {
+    /// Bytes copied into the caller's buffer (at most its length).
+    pub len: usize,
+    /// `MSG_TRUNC`: the datagram was longer than the buffer; the rest is lost.
+    pub truncated: bool,
+    /// `MSG_CTRUNC`: descriptors did not fit the control buffer, or could not be installed
+    /// (`EMFILE`), and the kernel closed them.
+    pub control_truncated: bool,
+    /// The descriptors that did arrive, already owned (and close-on-exec).
+    pub fds: Vec<OwnedFd>,
+}
+
+/// Corresponds to `recvmsg(fd, buf, .., MSG_CMSG_CLOEXEC | flags)`; see [`recvmsg(2)`].
+/// `nonblocking` adds `MSG_DONTWAIT`. Retries `EINTR`. A return with `len == 0` and no
+/// flags is end of file: the peer closed its end.
+///
+/// [`recvmsg(2)`]: https://man7.org/linux/man-pages/man2/recvmsg.2.html
+pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], nonblocking: bool) -> io::Result<Received> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut flags = RecvFlags::CMSG_CLOEXEC;
+    if nonblocking {
+        flags |= RecvFlags::DONTWAIT;
+    }
+    let msg = loop {
+        let mut iov = [IoSliceMut::new(buf)];
+        match rustix::net::recvmsg(sock, &mut iov, &mut control, flags) {
+            Ok(m) => break m,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(super::from_errno(e)),
+        }
+    };
+    let mut fds = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = message {
+            fds.extend(rights);
+        }
+    }
+    Ok(Received {
+        len: msg.bytes.min(buf.len()),
+        truncated: msg.flags.contains(ReturnFlags::TRUNC),
+        control_truncated: msg.flags.contains(ReturnFlags::CTRUNC),
+        fds,
+    })
+}
+
+/// Sets or clears `O_NONBLOCK` on a descriptor (`fcntl(F_SETFL)`).
+///
+/// Note that `O_NONBLOCK` belongs to the open file description, which `fork` and `SCM_RIGHTS`
+/// share: changing it in one process changes it for every process holding the same socket.
+pub fn set_nonblocking(fd: impl AsFd, nonblocking: bool) -> io::Result<()> {
+    rustix::io::ioctl_fionbio(fd, nonblocking).map_err(|e| super::context(super::from_errno(e), "ioctl(FIONBIO)"))
+}

@@ -1,0 +1,53 @@
+//! A one-shot [`timerfd_create(2)`] timer, so that deadlines (the shutdown kill timeout, the
+//! `EMFILE` back-off) are just one more readable descriptor in an epoll loop.
+//!
+//! [`timerfd_create(2)`]: https://man7.org/linux/man-pages/man2/timerfd_create.2.html
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec};
+
+/// A monotonic one-shot timer (`TFD_CLOEXEC | TFD_NONBLOCK`).
+#[derive(Debug)]
+pub struct Timer {
+    fd: OwnedFd,
+}
+
+fn timespec(d: Duration) -> Timespec {
+    Timespec { tv_sec: d.as_secs() as _, tv_nsec: d.subsec_nanos() as _ }
+}
+
+impl Timer {
+    /// Corresponds to `timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK)`.
+    pub fn new() -> io::Result<Timer> {
+        let fd =
+            rustix::time::timerfd_create(TimerfdClockId::Monotonic, TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK)
+                .map_err(|e| super::context(super::from_errno(e), "timerfd_create"))?;
+        Ok(Timer { fd })
+    }
+
+    /// Fires once after `after` (at least 1 ns); replaces any earlier setting.
+    pub fn arm(&self, after: Duration) -> io::Result<()> {
+        let value = Itimerspec {
+            it_interval: timespec(Duration::ZERO),
+            it_value: timespec(after.max(Duration::from_nanos(1))),
+        };
+        rustix::time::timerfd_settime(&self.fd, TimerfdTimerFlags::empty(), &value)
+            .map(drop)
+            .map_err(|e| super::context(super::from_errno(e), "timerfd_settime"))
+    }
+
+    /// Consumes an expiry so the descriptor stops being readable; returns whether it had fired.
+    pub fn clear(&self) -> bool {
+        let mut buf = [0u8; 8];
+        matches!(rustix::io::read(&self.fd, &mut buf), Ok(8))
+    }
+}
+
+impl AsFd for Timer {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
