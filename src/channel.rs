@@ -317,7 +317,7 @@ impl Channel {
             return Err(ChannelError::Truncated);
         }
         let frame = &buf[..r.len];
-        if frame.is_empty() && r.fds.is_empty() && !r.control_truncated {
+        if frame.is_empty() && r.fds.is_empty() && !r.control_truncated && fdpass::peer_closed(self.fd.as_fd()) {
             return Err(ChannelError::Closed);
         }
         if frame.len() < HEADER_LEN {
@@ -342,8 +342,14 @@ impl Channel {
         if len != frame.len() - HEADER_LEN {
             return Err(ChannelError::Malformed { kind, why: "length field disagrees with the frame size" });
         }
-        if r.fds.len() != expected || fd_count != expected {
+        if r.fds.len() != expected {
             return Err(ChannelError::WrongFdCount { kind, expected, got: r.fds.len() });
+        }
+        if fd_count != expected {
+            return Err(ChannelError::Malformed {
+                kind,
+                why: "fd_count field disagrees with the descriptors received",
+            });
         }
         let message = Message::decode(kind, &frame[HEADER_LEN..])?;
         Ok(Received { message, fds: r.fds })

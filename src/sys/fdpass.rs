@@ -108,12 +108,30 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], nonblocking: bool) ->
             fds.extend(rights);
         }
     }
+    let mut control_truncated = msg.flags.contains(ReturnFlags::CTRUNC);
+    // `cmsg_space!` rounds the buffer up for alignment, so the kernel may fit a descriptor or
+    // two beyond MAX_FDS without setting MSG_CTRUNC; hold the limit ourselves.
+    if fds.len() > MAX_FDS {
+        fds.clear();
+        control_truncated = true;
+    }
     Ok(Received {
         len: msg.bytes.min(buf.len()),
         truncated: msg.flags.contains(ReturnFlags::TRUNC),
-        control_truncated: msg.flags.contains(ReturnFlags::CTRUNC),
+        control_truncated,
         fds,
     })
+}
+
+/// Whether the peer of a connected socket has closed or shut down its end: a `poll(2)` for
+/// `POLLRDHUP` that does not wait. On a `SOCK_SEQPACKET` socket, `recvmsg` returns 0 both at end of
+/// file and for an empty record; this tells the two apart.
+pub fn peer_closed(sock: BorrowedFd<'_>) -> bool {
+    use rustix::event::{PollFd, PollFlags};
+    let mut fds = [PollFd::new(&sock, PollFlags::RDHUP)];
+    let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+    matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(1))
+        && fds[0].revents().intersects(PollFlags::RDHUP | PollFlags::HUP)
 }
 
 /// Sets or clears `O_NONBLOCK` on a descriptor (`fcntl(F_SETFL)`).

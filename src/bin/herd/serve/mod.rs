@@ -123,7 +123,7 @@ pub fn main(parser: lexopt::Parser) -> ExitCode {
     };
     let workers = cluster.config().workers;
     eprintln!(
-        "{} herd: serving http://{} mode={mode} workers={workers} pid={}",
+        "{} herd: serving on {} mode={mode} workers={workers} pid={}",
         crate::timestamp::now(),
         cluster.local_addr(),
         std::process::id()

@@ -1,0 +1,301 @@
+//! Shared helpers for the integration tests: run `herd serve` in its own process group, load it
+//! with a bounded client on loopback, read its log and counters, and check nothing is left.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal};
+
+/// How long any one client operation may take before the test fails it.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a server listens.
+#[derive(Clone, Debug)]
+pub enum Target {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// A `herd serve` process (the primary), in its own process group.
+pub struct Serve {
+    child: Option<Child>,
+    pub target: Target,
+    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+    stdout: Option<std::thread::JoinHandle<String>>,
+}
+
+/// What a stopped server left.
+#[derive(Debug)]
+pub struct Stopped {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub log: Vec<String>,
+    pub worker_pids: Vec<u32>,
+}
+
+impl Serve {
+    /// Starts `herd serve ARGS` and waits until `workers` workers report `listening`.
+    pub fn start(args: &[&str], workers: usize) -> Serve {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_herd"))
+            .arg("serve")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("spawn herd serve");
+        let log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let (lines, cv) = &*sink;
+                lines.lock().unwrap().push(line);
+                cv.notify_all();
+            }
+        });
+        let mut stdout = child.stdout.take().unwrap();
+        let stdout = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stdout.read_to_string(&mut s);
+            s
+        });
+        let mut serve =
+            Serve { child: Some(child), target: Target::Tcp("0.0.0.0:0".parse().unwrap()), log, stdout: Some(stdout) };
+        let line = serve.wait_for_log(|l| l.contains("herd: serving on "), 1);
+        let addr = line.split("serving on ").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+        serve.target = match addr.strip_prefix("unix:") {
+            Some(path) => Target::Unix(PathBuf::from(path)),
+            None => Target::Tcp(addr.parse().expect("a socket address in the serving line")),
+        };
+        serve.wait_for_log(|l| l.contains("herd: listening "), workers);
+        serve
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Waits (at most 10 s) until `count` log lines match; returns the last matching one.
+    pub fn wait_for_log(&self, matches: impl Fn(&str) -> bool, count: usize) -> String {
+        let (lines, cv) = &*self.log;
+        let deadline = Instant::now() + IO_TIMEOUT;
+        let mut guard = lines.lock().unwrap();
+        loop {
+            let found: Vec<&String> = guard.iter().filter(|l| matches(l)).collect();
+            if found.len() >= count {
+                return found[count - 1].clone();
+            }
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "timed out waiting for {count} matching log lines; log so far:\n{}",
+                guard.join("\n")
+            );
+            guard = cv.wait_timeout(guard, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.log.0.lock().unwrap().clone()
+    }
+
+    /// The pid of the current worker in each slot, from the `fork` log lines.
+    pub fn worker_pids(&self) -> BTreeMap<usize, u32> {
+        worker_pids_in(&self.log())
+    }
+
+    /// Sends `signal` to the primary.
+    pub fn signal(&self, signal: Signal) {
+        rustix::process::kill_process(pid(self.pid()), signal).expect("signal the primary");
+    }
+
+    /// SIGTERM, then waits (at most 15 s) for the primary to exit.
+    pub fn stop(mut self) -> Stopped {
+        self.signal(Signal::TERM);
+        self.wait()
+    }
+
+    /// Waits (at most 15 s) for the primary to exit on its own.
+    pub fn wait(&mut self) -> Stopped {
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = rustix::process::kill_process_group(pid(child.id()), Signal::KILL);
+                let _ = child.wait();
+                panic!("herd serve did not exit within 15 s; log:\n{}", self.log().join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let stdout = self.stdout.take().unwrap().join().unwrap();
+        // The stderr reader ends with the pipe; give it a moment to take the last lines.
+        std::thread::sleep(Duration::from_millis(50));
+        let log = self.log();
+        let worker_pids = all_worker_pids(&log);
+        Stopped { status, stdout, log, worker_pids }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = rustix::process::kill_process_group(pid(child.id()), Signal::KILL);
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn pid(raw: u32) -> Pid {
+    Pid::from_raw(raw as i32).expect("a positive pid")
+}
+
+fn field(line: &str, name: &str) -> Option<u32> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+}
+
+fn worker_pids_in(log: &[String]) -> BTreeMap<usize, u32> {
+    let mut pids = BTreeMap::new();
+    for line in log.iter().filter(|l| l.contains("herd: fork ")) {
+        pids.insert(field(line, "worker").unwrap() as usize, field(line, "pid").unwrap());
+    }
+    pids
+}
+
+fn all_worker_pids(log: &[String]) -> Vec<u32> {
+    log.iter().filter(|l| l.contains("herd: fork ")).map(|l| field(l, "pid").unwrap()).collect()
+}
+
+/// Whether a process with this pid exists (and is not a zombie we could still see).
+pub fn alive(raw: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{raw}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// Asserts that none of `pids` is running, waiting up to `within` for them to go.
+pub fn assert_all_gone(pids: &[u32], within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let left: Vec<u32> = pids.iter().copied().filter(|&p| alive(p)).collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "processes still running: {left:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// One `GET` with `Connection: close`; returns the body.
+pub fn get(target: &Target) -> std::io::Result<String> {
+    let request = b"GET / HTTP/1.1\r\nHost: herd\r\nConnection: close\r\n\r\n";
+    let mut response = Vec::new();
+    match target {
+        Target::Tcp(addr) => {
+            let mut s = TcpStream::connect_timeout(addr, IO_TIMEOUT)?;
+            s.set_read_timeout(Some(IO_TIMEOUT))?;
+            s.write_all(request)?;
+            s.read_to_end(&mut response)?;
+        }
+        Target::Unix(path) => {
+            let mut s = UnixStream::connect(path)?;
+            s.set_read_timeout(Some(IO_TIMEOUT))?;
+            s.write_all(request)?;
+            s.read_to_end(&mut response)?;
+        }
+    }
+    let text = String::from_utf8_lossy(&response).into_owned();
+    if !text.starts_with("HTTP/1.1 200 OK\r\n") {
+        return Err(std::io::Error::other(format!("bad response: {text:?}")));
+    }
+    Ok(text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned())
+}
+
+/// The worker id in a body `worker <id> pid <pid>`.
+pub fn worker_of(body: &str) -> usize {
+    body.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no worker id in {body:?}"))
+}
+
+/// `n` requests, each on a new connection, from `concurrency` threads. Returns how many each
+/// worker answered, and every failure.
+pub fn load(target: &Target, n: usize, concurrency: usize) -> (BTreeMap<usize, usize>, Vec<String>) {
+    let per_thread = n / concurrency;
+    let threads: Vec<_> = (0..concurrency)
+        .map(|t| {
+            let target = target.clone();
+            let count = if t == 0 { n - per_thread * (concurrency - 1) } else { per_thread };
+            std::thread::spawn(move || {
+                let mut seen = BTreeMap::new();
+                let mut failures = Vec::new();
+                for _ in 0..count {
+                    match get(&target) {
+                        Ok(body) => *seen.entry(worker_of(&body)).or_insert(0) += 1,
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                }
+                (seen, failures)
+            })
+        })
+        .collect();
+    let mut seen = BTreeMap::new();
+    let mut failures = Vec::new();
+    for t in threads {
+        let (s, f) = t.join().unwrap();
+        for (w, c) in s {
+            *seen.entry(w).or_insert(0) += c;
+        }
+        failures.extend(f);
+    }
+    (seen, failures)
+}
+
+/// One worker row of the counter table `herd serve` prints on exit.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Row {
+    pub wakeups: u64,
+    pub accepts: u64,
+    pub eagains: u64,
+    pub handoffs: u64,
+    pub acked: u64,
+    pub closed: u64,
+}
+
+/// The per-worker rows (by id) and the primary's `accepted dispatched queued requeued`.
+pub fn counters(stdout: &str) -> (BTreeMap<usize, Row>, [u64; 4]) {
+    let mut rows = BTreeMap::new();
+    let mut primary = [0; 4];
+    for line in stdout.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let Some(rest) = line.strip_prefix("primary: ") {
+            let nums: Vec<u64> = rest.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+            primary.copy_from_slice(&nums[..4]);
+        } else if words.len() == 7 {
+            if let Ok(id) = words[0].parse::<usize>() {
+                let n: Vec<u64> = words[1..].iter().map(|w| w.parse().unwrap()).collect();
+                rows.insert(
+                    id,
+                    Row { wakeups: n[0], accepts: n[1], eagains: n[2], handoffs: n[3], acked: n[4], closed: n[5] },
+                );
+            }
+        }
+    }
+    (rows, primary)
+}
+
+/// How many descriptors process `raw` has open.
+pub fn fd_count(raw: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{raw}/fd")).map(|d| d.count()).unwrap_or(0)
+}
