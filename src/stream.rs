@@ -69,6 +69,14 @@ impl Stream {
         }
     }
 
+    /// Sets the read timeout of a blocking stream (`SO_RCVTIMEO`); `None` waits forever.
+    pub fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> io::Result<()> {
+        match self.inner() {
+            StdStream::Tcp(s) => s.set_read_timeout(timeout),
+            StdStream::Unix(s) => s.set_read_timeout(timeout),
+        }
+    }
+
     /// Shuts down the read, write or both halves (`shutdown(2)`).
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         match self.inner() {

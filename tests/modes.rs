@@ -148,3 +148,20 @@ fn port_zero_gives_every_worker_the_same_port() {
     assert_eq!(seen.len(), 3, "all three workers serve the one port: {seen:?}");
     assert!(serve.stop().status.success());
 }
+
+#[test]
+fn every_worker_api_serves_in_every_mode() {
+    for api in ["nested", "incoming"] {
+        for mode in ["shared", "handoff", "reuseport"] {
+            let serve =
+                Serve::start(&["--workers", "2", "--listen", "127.0.0.1:0", "--mode", mode, "--worker-api", api], 2);
+            let (seen, failures) = util::load(&serve.target, 200, 2);
+            assert!(failures.is_empty(), "{api} {mode}: {failures:?}");
+            assert_eq!(seen.values().sum::<usize>(), 200, "{api} {mode}");
+            let stopped = serve.stop();
+            assert!(stopped.status.success(), "{api} {mode}: {:?}", stopped.status);
+            let (rows, _) = util::counters(&stopped.stdout);
+            assert_eq!(rows.values().map(|r| r.closed).sum::<u64>(), 200, "{api} {mode}: every stream closed");
+        }
+    }
+}

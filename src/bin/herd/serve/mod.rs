@@ -36,6 +36,11 @@ Options:
   --backlog N              listen(2) backlog [default: 1024]
   --window N               handoff mode: unacknowledged handoffs per worker [default: 32]
   --shutdown-timeout SECS  graceful shutdown: kill workers still busy after this [default: 30]
+  --worker-api API          how each worker takes connections [default: event-loop]
+                             event-loop  an epoll loop on the worker's own epoll
+                             nested      an epoll loop of its own with the worker's
+                                         descriptor nested in it (as tokio or mio would)
+                             incoming    the blocking iterator, one connection at a time
   -q, --quiet              do not log lifecycle events
   -h, --help               print this help
 
@@ -51,6 +56,7 @@ struct Args {
     backlog: i32,
     window: usize,
     shutdown_timeout: f64,
+    worker_api: server::WorkerApi,
     quiet: bool,
 }
 
@@ -64,6 +70,7 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Option<Args>, String> {
         backlog: herd::DEFAULT_BACKLOG,
         window: herd::mode::handoff::DEFAULT_WINDOW,
         shutdown_timeout: 30.0,
+        worker_api: server::WorkerApi::EventLoop,
         quiet: false,
     };
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
@@ -75,6 +82,7 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Option<Args>, String> {
             Long("backlog") => args.backlog = cli::parse(&mut parser, "--backlog")?,
             Long("window") => args.window = cli::parse(&mut parser, "--window")?,
             Long("shutdown-timeout") => args.shutdown_timeout = cli::parse(&mut parser, "--shutdown-timeout")?,
+            Long("worker-api") => args.worker_api = cli::parse(&mut parser, "--worker-api")?,
             Short('q') | Long("quiet") => args.quiet = true,
             Short('h') | Long("help") => return Ok(None),
             other => return Err(other.unexpected().to_string()),
@@ -128,12 +136,15 @@ pub fn main(parser: lexopt::Parser) -> ExitCode {
         cluster.local_addr(),
         std::process::id()
     );
-    let quiet = args.quiet;
-    let result = cluster.run(server::run, |event| {
-        if !quiet {
-            eprintln!("{} herd: {event}", crate::timestamp::now());
-        }
-    });
+    let (quiet, api) = (args.quiet, args.worker_api);
+    let result = cluster.run(
+        move |worker| server::run(worker, api),
+        |event| {
+            if !quiet {
+                eprintln!("{} herd: {event}", crate::timestamp::now());
+            }
+        },
+    );
     match result {
         Ok(snapshot) => {
             println!("{snapshot}");
