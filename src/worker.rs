@@ -108,7 +108,8 @@ pub struct Worker {
     polled_since_service: bool,
     listening_sent: Cell<bool>,
     state: State,
-    backoff: Option<Timer>,
+    /// Made at start, not when needed: when it is needed, descriptors have run out.
+    backoff: Timer,
 }
 
 impl Worker {
@@ -121,6 +122,8 @@ impl Worker {
     ) -> io::Result<Worker> {
         let epoll = Epoll::new()?;
         epoll.add(&channel, TOKEN_CHANNEL, Interest::READABLE)?;
+        let backoff = Timer::new()?;
+        epoll.add(&backoff, TOKEN_BACKOFF, Interest::READABLE)?;
         let mut worker = Worker {
             id,
             kind,
@@ -136,7 +139,7 @@ impl Worker {
             polled_since_service: false,
             listening_sent: Cell::new(false),
             state: State::Running,
-            backoff: None,
+            backoff,
         };
         match &mut worker.source {
             Source::Listener(watch) => watch.arm(&worker.epoll)?,
@@ -311,16 +314,7 @@ impl Worker {
                 Accepted::BackOff(e) => {
                     eprintln!("herd: worker {}: accept4: {e}; pausing accepts for {:?}", self.id, accept::BACKOFF);
                     watch.disarm(&self.epoll)?;
-                    let timer = match self.backoff.take() {
-                        Some(t) => t,
-                        None => {
-                            let t = Timer::new()?;
-                            self.epoll.add(&t, TOKEN_BACKOFF, Interest::READABLE)?;
-                            t
-                        }
-                    };
-                    timer.arm(accept::BACKOFF)?;
-                    self.backoff = Some(timer);
+                    self.backoff.arm(accept::BACKOFF)?;
                     return Ok(());
                 }
                 Accepted::Failed(e) => return Err(crate::sys::context(e, format!("worker {}: accept4", self.id))),
@@ -331,9 +325,7 @@ impl Worker {
     }
 
     fn end_backoff(&mut self) -> io::Result<()> {
-        if let Some(timer) = &self.backoff {
-            timer.clear();
-        }
+        self.backoff.clear();
         if let (State::Running, Source::Listener(watch)) = (self.state, &mut self.source) {
             watch.arm(&self.epoll)?;
         }

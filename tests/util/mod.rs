@@ -27,6 +27,7 @@ pub enum Target {
 /// A `herd serve` process (the primary), in its own process group.
 pub struct Serve {
     child: Option<Child>,
+    pid: u32,
     pub target: Target,
     log: Arc<(Mutex<Vec<String>>, Condvar)>,
     stdout: Option<std::thread::JoinHandle<String>>,
@@ -35,6 +36,7 @@ pub struct Serve {
 /// What a stopped server left.
 #[derive(Debug)]
 pub struct Stopped {
+    /// The primary's exit status (success for an attached process: its parent reaps it).
     pub status: ExitStatus,
     pub stdout: String,
     pub log: Vec<String>,
@@ -44,7 +46,7 @@ pub struct Stopped {
 impl Serve {
     /// Starts `herd serve ARGS` and waits until `workers` workers report `listening`.
     pub fn start(args: &[&str], workers: usize) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_herd"))
+        let child = Command::new(env!("CARGO_BIN_EXE_herd"))
             .arg("serve")
             .args(args)
             .stdin(Stdio::null())
@@ -53,8 +55,32 @@ impl Serve {
             .process_group(0)
             .spawn()
             .expect("spawn herd serve");
-        let log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        Serve::from_child(child, workers)
+    }
+
+    /// Takes over a `herd serve` started some other way (through a shell that `exec`s it, say),
+    /// in its own process group, with piped stdout and stderr; the caller reaps it.
+    pub fn attach(child: &mut Child, workers: usize) -> Serve {
+        let pid = child.id();
+        let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
+        Serve::from_parts(None, Some(pid), stdout, stderr, workers)
+    }
+
+    fn from_child(mut child: Child, workers: usize) -> Serve {
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        Serve::from_parts(Some(child), None, stdout, stderr, workers)
+    }
+
+    fn from_parts(
+        child: Option<Child>,
+        pid: Option<u32>,
+        mut stdout: std::process::ChildStdout,
+        stderr: std::process::ChildStderr,
+        workers: usize,
+    ) -> Serve {
+        let log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -63,14 +89,14 @@ impl Serve {
                 cv.notify_all();
             }
         });
-        let mut stdout = child.stdout.take().unwrap();
         let stdout = std::thread::spawn(move || {
             let mut s = String::new();
             let _ = stdout.read_to_string(&mut s);
             s
         });
+        let pid = pid.or(child.as_ref().map(Child::id)).unwrap();
         let mut serve =
-            Serve { child: Some(child), target: Target::Tcp("0.0.0.0:0".parse().unwrap()), log, stdout: Some(stdout) };
+            Serve { child, pid, target: Target::Tcp("0.0.0.0:0".parse().unwrap()), log, stdout: Some(stdout) };
         let line = serve.wait_for_log(|l| l.contains("herd: serving on "), 1);
         let addr = line.split("serving on ").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
         serve.target = match addr.strip_prefix("unix:") {
@@ -82,7 +108,7 @@ impl Serve {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
+        self.pid
     }
 
     /// Waits (at most 10 s) until `count` log lines match; returns the last matching one.
@@ -127,20 +153,30 @@ impl Serve {
 
     /// Waits (at most 15 s) for the primary to exit on its own.
     pub fn wait(&mut self) -> Stopped {
-        let mut child = self.child.take().unwrap();
         let deadline = Instant::now() + Duration::from_secs(15);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = rustix::process::kill_process_group(pid(child.id()), Signal::KILL);
-                let _ = child.wait();
-                panic!("herd serve did not exit within 15 s; log:\n{}", self.log().join("\n"));
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let status = match self.child.take() {
+            Some(mut child) => loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break Some(status);
+                }
+                if Instant::now() > deadline {
+                    let _ = rustix::process::kill_process_group(pid(child.id()), Signal::KILL);
+                    let _ = child.wait();
+                    panic!("herd serve did not exit within 15 s; log:\n{}", self.log().join("\n"));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            },
+            // Attached: not our child, so wait for its stdout to close instead.
+            None => None,
         };
         let stdout = self.stdout.take().unwrap().join().unwrap();
+        let status = status.unwrap_or_else(|| {
+            while alive(self.pid) {
+                assert!(Instant::now() < deadline, "herd serve did not exit within 15 s");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            ExitStatus::default()
+        });
         // The stderr reader ends with the pipe; give it a moment to take the last lines.
         std::thread::sleep(Duration::from_millis(50));
         let log = self.log();
@@ -150,9 +186,12 @@ impl Serve {
 }
 
 impl Drop for Serve {
+    /// A test that failed half-way must not leave the cluster behind: kill its process group.
     fn drop(&mut self) {
+        if self.stdout.is_some() {
+            let _ = rustix::process::kill_process_group(pid(self.pid), Signal::KILL);
+        }
         if let Some(mut child) = self.child.take() {
-            let _ = rustix::process::kill_process_group(pid(child.id()), Signal::KILL);
             let _ = child.wait();
         }
     }

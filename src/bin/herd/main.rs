@@ -2,12 +2,13 @@
 //!
 //! ```text
 //! herd serve [--mode shared|handoff|reuseport] [--accept STRATEGY] [--workers N] [--listen ADDR]
+//! herd load URL [--connections N] [--mode churn|keepalive] [--duration SECS | --requests N]
 //! ```
 //!
 //! Each subcommand lives in its own module and prints its own `--help`.
 
 mod cli;
-mod http;
+mod load;
 mod serve;
 mod timestamp;
 
@@ -21,6 +22,7 @@ Usage: herd <COMMAND> [OPTIONS]
 
 Commands:
   serve    run the demo HTTP/1.1 server on a cluster of workers
+  load     an HTTP/1.1 load generator for any server on loopback (like wrk)
   help     print this message
 
 Run `herd <COMMAND> --help` for a command's options.
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
     };
     match command.as_str() {
         "serve" => serve::main(args),
+        "load" => load::main(args),
         "help" => {
             print!("{USAGE}");
             ExitCode::SUCCESS

@@ -1,5 +1,6 @@
 //! `herd serve`: the demo HTTP/1.1 server on a herd cluster.
 
+mod http;
 mod server;
 
 use std::process::ExitCode;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use herd::sys::epoll::Epoll;
 use herd::{Interest, Stream, Worker, WorkerEvent};
 
-use crate::http;
+use super::http;
 
 /// The ways a worker can take its connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,270 @@
+//! The result of a run: [`LoadReport`], as a human table ([`fmt::Display`]) or one JSON object.
+//!
+//! Only 2xx responses count as requests: their latencies fill the histogram and their
+//! `worker <id>` bodies fill the distribution. Everything else is an error, by kind. Requests
+//! still in flight when the duration ends are neither.
+
+use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use super::config::Mode;
+use super::fairness::{busiest_and_idlest, jain};
+use super::stats::Errors;
+
+/// Everything a run measured.
+#[derive(Clone, Debug)]
+pub struct LoadReport {
+    /// The target URL, as given.
+    pub url: String,
+    pub mode: Mode,
+    pub connections: usize,
+    pub threads: usize,
+    /// Successful (2xx) responses.
+    pub requests: u64,
+    pub errors: Errors,
+    /// From the start of the run until the last thread stopped.
+    pub elapsed: Duration,
+    /// Latency of successful responses, in µs.
+    pub latency_us: Histogram<u64>,
+    /// Successful responses by the worker id their body named.
+    pub workers: BTreeMap<usize, u64>,
+    /// The server's worker count, if known; ids below it appear in reports even with no requests.
+    pub expected_workers: Option<usize>,
+}
+
+/// Latency percentiles in µs; all zero when nothing was recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Percentiles {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+impl Percentiles {
+    /// Reads the percentiles off a histogram.
+    pub fn of(h: &Histogram<u64>) -> Percentiles {
+        if h.is_empty() {
+            return Percentiles { p50: 0, p90: 0, p99: 0, p999: 0, max: 0 };
+        }
+        Percentiles {
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+}
+
+impl LoadReport {
+    /// Successful requests per second.
+    pub fn rps(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 { self.requests as f64 / secs } else { 0.0 }
+    }
+
+    pub fn percentiles(&self) -> Percentiles {
+        Percentiles::of(&self.latency_us)
+    }
+
+    /// Requests per worker id, indexed by id, with zeros for ids that got none.
+    pub fn per_worker(&self) -> Vec<u64> {
+        let len = self.workers.keys().next_back().map_or(0, |&id| id + 1).max(self.expected_workers.unwrap_or(0));
+        let mut counts = vec![0; len];
+        for (&id, &n) in &self.workers {
+            counts[id] = n;
+        }
+        counts
+    }
+
+    /// Jain's fairness index over [`LoadReport::per_worker`].
+    pub fn jain(&self) -> Option<f64> {
+        jain(&self.per_worker())
+    }
+
+    /// The report as one line of JSON.
+    pub fn to_json(&self) -> String {
+        let p = self.percentiles();
+        let mut s = String::with_capacity(512);
+        s.push_str("{\"url\":");
+        push_json_string(&mut s, &self.url);
+        let _ = write!(
+            s,
+            ",\"mode\":\"{}\",\"connections\":{},\"threads\":{},\"requests\":{},\"errors\":{{",
+            self.mode, self.connections, self.threads, self.requests
+        );
+        for (i, (name, n)) in self.errors.by_kind().into_iter().enumerate() {
+            let _ = write!(s, "{}\"{name}\":{n}", if i == 0 { "" } else { "," });
+        }
+        let _ = write!(
+            s,
+            "}},\"elapsed_s\":{:.6},\"rps\":{:.3},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"per_worker\":[",
+            self.elapsed.as_secs_f64(),
+            self.rps(),
+            p.p50,
+            p.p90,
+            p.p99,
+            p.p999,
+            p.max
+        );
+        for (i, n) in self.per_worker().into_iter().enumerate() {
+            let _ = write!(s, "{}{n}", if i == 0 { "" } else { "," });
+        }
+        match self.jain() {
+            Some(j) => {
+                let _ = write!(s, "],\"jain\":{j:.6}}}");
+            }
+            None => s.push_str("],\"jain\":null}"),
+        }
+        s
+    }
+}
+
+/// Appends `v` as a JSON string literal.
+fn push_json_string(out: &mut String, v: &str) {
+    out.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// The width of the longest distribution bar.
+const BAR: u64 = 40;
+
+impl fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "herd load {} ({}, {} connections, {} threads)",
+            self.url, self.mode, self.connections, self.threads
+        )?;
+        writeln!(f)?;
+        let secs = self.elapsed.as_secs_f64();
+        writeln!(f, "  requests  {:>10}   in {secs:.2} s = {:.1} req/s", self.requests, self.rps())?;
+        write!(f, "  errors    {:>10}  ", self.errors.total())?;
+        for (name, n) in self.errors.by_kind() {
+            write!(f, " {name} {n}")?;
+        }
+        writeln!(f)?;
+        for (cause, n) in &self.errors.other_causes {
+            writeln!(f, "  {:>22} other: {cause}", n)?;
+        }
+        let p = self.percentiles();
+        writeln!(f)?;
+        writeln!(f, "  latency µs {:>9} {:>9} {:>9} {:>9} {:>9}", "p50", "p90", "p99", "p99.9", "max")?;
+        writeln!(f, "             {:>9} {:>9} {:>9} {:>9} {:>9}", p.p50, p.p90, p.p99, p.p999, p.max)?;
+        writeln!(f)?;
+        let counts = self.per_worker();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return writeln!(f, "  per worker: no response body named a worker (`worker <id>`)");
+        }
+        let top = counts.iter().copied().max().unwrap_or(0).max(1);
+        writeln!(f, "  worker    requests    share")?;
+        for (id, &n) in counts.iter().enumerate() {
+            let bar = "#".repeat((n * BAR).div_ceil(top) as usize);
+            writeln!(f, "  {id:>6} {n:>11} {:>7.2}%  {bar}", share(n, total))?;
+        }
+        if let Some((hi, lo)) = busiest_and_idlest(&counts) {
+            let (max, min) = (counts[hi], counts[lo]);
+            write!(f, "  jain {:.4}   max/min share ", self.jain().unwrap_or(0.0))?;
+            if min == 0 {
+                write!(f, "inf")?;
+            } else {
+                write!(f, "{:.3}", max as f64 / min as f64)?;
+            }
+            writeln!(f, " (worker {hi} {:.2}%, worker {lo} {:.2}%)", share(max, total), share(min, total))?;
+        }
+        Ok(())
+    }
+}
+
+fn share(n: u64, total: u64) -> f64 {
+    if total == 0 { 0.0 } else { 100.0 * n as f64 / total as f64 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::stats::{ErrorKind, latency_histogram};
+
+    fn report() -> LoadReport {
+        let mut latency_us = latency_histogram();
+        for v in 1..=1000u64 {
+            latency_us.record(v * 10).unwrap();
+        }
+        let mut errors = Errors::default();
+        errors.add(ErrorKind::Refused);
+        errors.add(ErrorKind::Other(crate::load::stats::Cause::Errno(libc::EMFILE)));
+        LoadReport {
+            url: "http://127.0.0.1:8080/\"q\"".into(),
+            mode: Mode::Churn,
+            connections: 8,
+            threads: 2,
+            requests: 1000,
+            errors,
+            elapsed: Duration::from_millis(2500),
+            latency_us,
+            workers: BTreeMap::from([(0, 600), (2, 400)]),
+            expected_workers: Some(4),
+        }
+    }
+
+    #[test]
+    fn extracts_percentiles() {
+        let p = report().percentiles();
+        // Values 10..=10000 in steps of 10; HDR precision is 3 significant digits.
+        let near = |got: u64, want: u64| got.abs_diff(want) * 1000 <= want;
+        assert!(near(p.p50, 5000), "{p:?}");
+        assert!(near(p.p90, 9000), "{p:?}");
+        assert!(near(p.p99, 9900), "{p:?}");
+        assert!(near(p.p999, 9990), "{p:?}");
+        assert!(near(p.max, 10000), "{p:?}");
+        assert_eq!(Percentiles::of(&latency_histogram()), Percentiles { p50: 0, p90: 0, p99: 0, p999: 0, max: 0 });
+    }
+
+    #[test]
+    fn fills_missing_workers_with_zeros() {
+        let mut r = report();
+        assert_eq!(r.per_worker(), [600, 0, 400, 0]);
+        r.expected_workers = None;
+        assert_eq!(r.per_worker(), [600, 0, 400]);
+        r.workers.clear();
+        assert_eq!(r.per_worker(), Vec::<u64>::new());
+        assert_eq!(r.jain(), None);
+    }
+
+    #[test]
+    fn serializes_json() {
+        let json = report().to_json();
+        assert!(json.starts_with("{\"url\":\"http://127.0.0.1:8080/\\\"q\\\"\",\"mode\":\"churn\""), "{json}");
+        assert!(json.contains(
+            "\"requests\":1000,\"errors\":{\"refused\":1,\"reset\":0,\"timeout\":0,\"bad_status\":0,\"no_port\":0,\"other\":1}"
+        ));
+        assert!(json.contains("\"elapsed_s\":2.500000,\"rps\":400.000,\"p50_us\":"));
+        assert!(json.contains("\"per_worker\":[600,0,400,0],\"jain\":0.480769}"), "{json}");
+        assert!(!json.contains('\n'));
+    }
+
+    #[test]
+    fn displays_a_table() {
+        let text = report().to_string();
+        assert!(text.contains("400.0 req/s"), "{text}");
+        assert!(text.contains("refused 1"));
+        assert!(text.contains("Too many open files"));
+        assert!(text.contains("max/min share inf (worker 0 60.00%, worker 1 0.00%)"), "{text}");
+    }
+}
