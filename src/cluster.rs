@@ -3,7 +3,7 @@
 use std::io;
 use std::time::Duration;
 
-use crate::listener::{Listener, UnixPath};
+use crate::listener::{BindOptions, Listener, UnixPath};
 use crate::mode::{Mode, handoff, reuseport, shared};
 use crate::primary::Primary;
 use crate::stats::{Counters, Snapshot};
@@ -15,6 +15,8 @@ pub const DEFAULT_BACKLOG: i32 = 1024;
 /// The default time workers get to finish their connections on a graceful shutdown before
 /// they are killed.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// With [`Builder::defer_accept`]: how long the kernel holds a silent connection back.
+const DEFER_ACCEPT_SECONDS: i32 = 1;
 /// How many worker slots the counter region holds (the most workers a cluster can ever have).
 pub const MAX_WORKERS: usize = 1024;
 
@@ -35,6 +37,8 @@ pub struct Config {
     pub handoff_queue_limit: usize,
     /// How long a graceful shutdown waits before killing workers.
     pub shutdown_timeout: Duration,
+    /// TCP: set `TCP_DEFER_ACCEPT`, so connections are accepted once their first data arrived.
+    pub defer_accept: bool,
 }
 
 impl Config {
@@ -47,6 +51,7 @@ impl Config {
             handoff_window: handoff::DEFAULT_WINDOW,
             handoff_queue_limit: handoff::DEFAULT_QUEUE_LIMIT,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            defer_accept: false,
         }
     }
 }
@@ -89,6 +94,14 @@ impl Builder {
         self
     }
 
+    /// TCP only: accept connections only once the client has sent data (`TCP_DEFER_ACCEPT`, as
+    /// nginx's `deferred`), so a worker wakes once per connection, with the request there.
+    /// Default off.
+    pub fn defer_accept(mut self, on: bool) -> Builder {
+        self.config.defer_accept = on;
+        self
+    }
+
     /// Checks the settings and binds the listener(s). Nothing is forked yet.
     ///
     /// # Errors
@@ -110,19 +123,25 @@ impl Builder {
             ListenAddr::Unix(path) if config.mode != Mode::Reuseport => Some(UnixPath::claim(path)?),
             _ => None,
         };
+        let base = BindOptions {
+            reuseport: false,
+            backlog: config.backlog,
+            nonblocking: true,
+            defer_accept: config.defer_accept.then_some(DEFER_ACCEPT_SECONDS),
+        };
         let (listeners, local_addr) = match config.mode {
             Mode::Shared(strategy) => {
-                let l = shared::bind(&config.listen, strategy, config.backlog)?;
+                let l = shared::bind(&config.listen, strategy, base)?;
                 let addr = local_addr(&config.listen, &l)?;
                 (Listeners::Shared(l), addr)
             }
             Mode::Handoff => {
-                let l = handoff::bind(&config.listen, config.backlog)?;
+                let l = handoff::bind(&config.listen, base)?;
                 let addr = local_addr(&config.listen, &l)?;
                 (Listeners::Handoff(l), addr)
             }
             Mode::Reuseport => {
-                let (ls, addr) = reuseport::bind(&config.listen, config.workers, config.backlog)?;
+                let (ls, addr) = reuseport::bind(&config.listen, config.workers, base)?;
                 (Listeners::Reuseport(ls.into_iter().map(Some).collect()), addr)
             }
         };

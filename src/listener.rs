@@ -29,6 +29,8 @@ pub(crate) struct BindOptions {
     pub reuseport: bool,
     pub backlog: i32,
     pub nonblocking: bool,
+    /// `TCP_DEFER_ACCEPT` with this many seconds (TCP only).
+    pub defer_accept: Option<i32>,
 }
 
 impl Listener {
@@ -40,6 +42,9 @@ impl Listener {
                     *a,
                     TcpOptions { reuseport: opts.reuseport, backlog: opts.backlog, nonblocking: opts.nonblocking },
                 )?;
+                if let Some(seconds) = opts.defer_accept {
+                    listen::set_defer_accept(&fd, seconds)?;
+                }
                 Ok(Listener { fd })
             }
             ListenAddr::Unix(p) => Ok(Listener { fd: listen::unix_listener(p, opts.backlog, opts.nonblocking)? }),

@@ -45,8 +45,8 @@ pub const DEFAULT_WINDOW: usize = 32;
 pub const DEFAULT_QUEUE_LIMIT: usize = 4096;
 
 /// Creates the primary's (non-blocking) listener.
-pub(crate) fn bind(addr: &ListenAddr, backlog: i32) -> io::Result<Listener> {
-    Listener::bind(addr, BindOptions { reuseport: false, backlog, nonblocking: true })
+pub(crate) fn bind(addr: &ListenAddr, base: BindOptions) -> io::Result<Listener> {
+    Listener::bind(addr, BindOptions { reuseport: false, nonblocking: true, ..base })
 }
 
 /// One worker's lane: its unacknowledged handoffs, oldest first.

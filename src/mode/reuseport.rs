@@ -15,7 +15,7 @@ use crate::listener::{BindOptions, Listener};
 
 /// Binds `slots` listeners to `addr` with `SO_REUSEPORT`. With port 0, the first listener gets a
 /// port from the kernel and the others bind that same port. Returns them with the address bound.
-pub(crate) fn bind(addr: &ListenAddr, slots: usize, backlog: i32) -> io::Result<(Vec<Listener>, ListenAddr)> {
+pub(crate) fn bind(addr: &ListenAddr, slots: usize, base: BindOptions) -> io::Result<(Vec<Listener>, ListenAddr)> {
     let ListenAddr::Tcp(mut tcp) = addr.clone() else {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
@@ -24,7 +24,7 @@ pub(crate) fn bind(addr: &ListenAddr, slots: usize, backlog: i32) -> io::Result<
             ),
         ));
     };
-    let opts = BindOptions { reuseport: true, backlog, nonblocking: true };
+    let opts = BindOptions { reuseport: true, nonblocking: true, ..base };
     let mut listeners = Vec::with_capacity(slots);
     for _ in 0..slots {
         let listener = Listener::bind(&ListenAddr::Tcp(tcp), opts)?;

@@ -71,9 +71,9 @@ impl fmt::Display for SharedAccept {
 /// Creates the one shared listener. It is non-blocking for the epoll strategies, blocking (with
 /// `SO_RCVTIMEO`) for [`SharedAccept::Blocking`] — `O_NONBLOCK` belongs to the open file, which
 /// every worker shares, so the whole cluster uses one strategy.
-pub(crate) fn bind(addr: &ListenAddr, strategy: SharedAccept, backlog: i32) -> io::Result<Listener> {
+pub(crate) fn bind(addr: &ListenAddr, strategy: SharedAccept, base: BindOptions) -> io::Result<Listener> {
     let blocking = strategy == SharedAccept::Blocking;
-    let listener = Listener::bind(addr, BindOptions { reuseport: false, backlog, nonblocking: !blocking })?;
+    let listener = Listener::bind(addr, BindOptions { reuseport: false, nonblocking: !blocking, ..base })?;
     if blocking {
         crate::sys::listen::set_accept_timeout(&listener, LOOK_UP_EVERY)?;
     }

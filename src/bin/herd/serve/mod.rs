@@ -37,6 +37,9 @@ Options:
   --backlog N              listen(2) backlog [default: 1024]
   --window N               handoff mode: unacknowledged handoffs per worker [default: 32]
   --shutdown-timeout SECS  graceful shutdown: kill workers still busy after this [default: 30]
+  --defer-accept           TCP_DEFER_ACCEPT: accept a connection once its request arrived
+                           (one wakeup per connection instead of two)
+  --stats FORMAT           how to print the counters on exit: table or json [default: table]
   --worker-api API          how each worker takes connections [default: event-loop]
                              event-loop  an epoll loop on the worker's own epoll
                              nested      an epoll loop of its own with the worker's
@@ -58,6 +61,8 @@ struct Args {
     window: usize,
     shutdown_timeout: f64,
     worker_api: server::WorkerApi,
+    defer_accept: bool,
+    stats_json: bool,
     quiet: bool,
 }
 
@@ -72,6 +77,8 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Option<Args>, String> {
         window: herd::mode::handoff::DEFAULT_WINDOW,
         shutdown_timeout: 30.0,
         worker_api: server::WorkerApi::EventLoop,
+        defer_accept: false,
+        stats_json: false,
         quiet: false,
     };
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
@@ -84,6 +91,14 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Option<Args>, String> {
             Long("window") => args.window = cli::parse(&mut parser, "--window")?,
             Long("shutdown-timeout") => args.shutdown_timeout = cli::parse(&mut parser, "--shutdown-timeout")?,
             Long("worker-api") => args.worker_api = cli::parse(&mut parser, "--worker-api")?,
+            Long("defer-accept") => args.defer_accept = true,
+            Long("stats") => {
+                args.stats_json = match cli::parse::<String>(&mut parser, "--stats")?.as_str() {
+                    "table" => false,
+                    "json" => true,
+                    other => return Err(format!("--stats {other}: expected table or json")),
+                }
+            }
             Short('q') | Long("quiet") => args.quiet = true,
             Short('h') | Long("help") => return Ok(None),
             other => return Err(other.unexpected().to_string()),
@@ -121,7 +136,8 @@ pub fn main(parser: lexopt::Parser) -> ExitCode {
         .mode(mode)
         .backlog(args.backlog)
         .handoff_window(args.window)
-        .shutdown_timeout(Duration::from_secs_f64(args.shutdown_timeout));
+        .shutdown_timeout(Duration::from_secs_f64(args.shutdown_timeout))
+        .defer_accept(args.defer_accept);
     if let Some(n) = args.workers {
         builder = builder.workers(n);
     }
@@ -147,6 +163,10 @@ pub fn main(parser: lexopt::Parser) -> ExitCode {
         },
     );
     match result {
+        Ok(snapshot) if args.stats_json => {
+            println!("{}", stats_json(&snapshot));
+            ExitCode::SUCCESS
+        }
         Ok(snapshot) => {
             println!("{snapshot}");
             ExitCode::SUCCESS
@@ -156,4 +176,27 @@ pub fn main(parser: lexopt::Parser) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The counters as one JSON object: `{"primary":{...},"workers":[{...},...]}`.
+fn stats_json(s: &herd::stats::Snapshot) -> String {
+    let p = &s.primary;
+    let workers: Vec<String> = s
+        .workers
+        .iter()
+        .map(|w| {
+            format!(
+                r#"{{"wakeups":{},"accepts":{},"eagains":{},"handoffs_received":{},"handoffs_acked":{},"closed":{}}}"#,
+                w.wakeups, w.accepts, w.eagains, w.handoffs_received, w.handoffs_acked, w.closed
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"primary":{{"accepted":{},"dispatched":{},"queued":{},"requeued":{}}},"workers":[{}]}}"#,
+        p.accepted,
+        p.dispatched,
+        p.queued,
+        p.requeued,
+        workers.join(",")
+    )
 }
