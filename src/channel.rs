@@ -74,6 +74,13 @@ pub enum Message {
     Disconnect,
     /// Either way: application bytes, at most [`MAX_MESSAGE`].
     User(Vec<u8>),
+    /// Primary → worker: are you alive? (The heartbeat.)
+    Ping,
+    /// Worker → primary: the answer to a `Ping`.
+    Pong,
+    /// Worker → primary: this worker is about to exit on its own (Node's "suicide" message);
+    /// fork its replacement now, before it goes.
+    Retiring,
 }
 
 impl Message {
@@ -86,6 +93,9 @@ impl Message {
             Message::Listening => 5,
             Message::Disconnect => 6,
             Message::User(_) => 7,
+            Message::Ping => 8,
+            Message::Pong => 9,
+            Message::Retiring => 10,
         }
     }
 
@@ -93,7 +103,7 @@ impl Message {
     fn fds_for_kind(kind: u16) -> Option<usize> {
         match kind {
             1 => Some(1),
-            2..=7 => Some(0),
+            2..=10 => Some(0),
             _ => None,
         }
     }
@@ -103,7 +113,12 @@ impl Message {
             Message::Handoff { seq } => out.extend_from_slice(&seq.to_le_bytes()),
             Message::Ack { count } | Message::Reject { count } => out.extend_from_slice(&count.to_le_bytes()),
             Message::User(bytes) => out.extend_from_slice(bytes),
-            Message::Online | Message::Listening | Message::Disconnect => {}
+            Message::Online
+            | Message::Listening
+            | Message::Disconnect
+            | Message::Ping
+            | Message::Pong
+            | Message::Retiring => {}
         }
     }
 
@@ -126,6 +141,10 @@ impl Message {
                 [Message::Online, Message::Listening, Message::Disconnect][kind as usize - 4].clone()
             }
             7 => Message::User(payload.to_vec()),
+            8..=10 => {
+                fixed(0)?;
+                [Message::Ping, Message::Pong, Message::Retiring][kind as usize - 8].clone()
+            }
             _ => return Err(ChannelError::UnknownKind(kind)),
         })
     }

@@ -15,6 +15,13 @@ pub const DEFAULT_BACKLOG: i32 = 1024;
 /// The default time workers get to finish their connections on a graceful shutdown before
 /// they are killed.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default restart limit: more than 10 restarts within 60 s and the primary gives up (the
+/// figures of the restart-limit pattern in the documents herd grew from).
+pub const DEFAULT_RESTART_LIMIT: usize = 10;
+/// The default window for [`DEFAULT_RESTART_LIMIT`].
+pub const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// The default time a reload waits for a new worker to report `listening`.
+pub const DEFAULT_RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// With [`Builder::defer_accept`]: how long the kernel holds a silent connection back.
 const DEFER_ACCEPT_SECONDS: i32 = 1;
 /// How many worker slots the counter region holds (the most workers a cluster can ever have).
@@ -39,6 +46,29 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// TCP: set `TCP_DEFER_ACCEPT`, so connections are accepted once their first data arrived.
     pub defer_accept: bool,
+    /// Give up after more than this many restarts within [`restart_window`](Self::restart_window).
+    pub restart_limit: usize,
+    /// The window restarts are counted in.
+    pub restart_window: Duration,
+    /// Ping each worker this often, and kill one silent for longer than the timeout; `None`: off.
+    pub heartbeat: Option<Heartbeat>,
+    /// How long a reload waits for each new worker to report `listening`.
+    pub reload_timeout: Duration,
+}
+
+/// Heartbeat settings: the primary pings every `interval`; a worker silent for `timeout` is
+/// hung, and is killed and replaced.
+///
+/// A worker answers pings from inside herd's calls ([`crate::Worker::poll`],
+/// [`crate::Worker::try_event`], [`crate::Worker::incoming`]...), so `timeout` must exceed the
+/// longest time the worker's code spends away from them — with the blocking iterator, the time it
+/// takes to serve one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// How often to ping.
+    pub interval: Duration,
+    /// How long a worker may stay silent.
+    pub timeout: Duration,
 }
 
 impl Config {
@@ -52,6 +82,10 @@ impl Config {
             handoff_queue_limit: handoff::DEFAULT_QUEUE_LIMIT,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             defer_accept: false,
+            restart_limit: DEFAULT_RESTART_LIMIT,
+            restart_window: DEFAULT_RESTART_WINDOW,
+            heartbeat: None,
+            reload_timeout: DEFAULT_RELOAD_TIMEOUT,
         }
     }
 }
@@ -94,6 +128,29 @@ impl Builder {
         self
     }
 
+    /// Give up (stop every worker, and make [`Primary::run`] fail) after more than `limit`
+    /// restarts within `window` (default: 10 within 60 s). A crash loop stops instead of
+    /// forking forever.
+    pub fn restart_limit(mut self, limit: usize, window: Duration) -> Builder {
+        self.config.restart_limit = limit;
+        self.config.restart_window = window;
+        self
+    }
+
+    /// Ping every worker every `interval` and kill (then replace) one that stays silent for
+    /// `timeout`. Off by default; see [`Heartbeat`].
+    pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Builder {
+        self.config.heartbeat = Some(Heartbeat { interval, timeout });
+        self
+    }
+
+    /// How long a reload waits for each new worker to report `listening` before it gives up on
+    /// that slot and keeps the old worker (default 10 s).
+    pub fn reload_timeout(mut self, timeout: Duration) -> Builder {
+        self.config.reload_timeout = timeout;
+        self
+    }
+
     /// TCP only: accept connections only once the client has sent data (`TCP_DEFER_ACCEPT`, as
     /// nginx's `deferred`), so a worker wakes once per connection, with the request there.
     /// Default off.
@@ -114,6 +171,12 @@ impl Builder {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("worker count {} out of range 1..={MAX_WORKERS}", config.workers),
+            ));
+        }
+        if config.heartbeat.is_some_and(|h| h.interval.is_zero() || h.timeout < h.interval) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "heartbeat: the interval must be > 0 and the timeout at least the interval",
             ));
         }
         if config.handoff_window == 0 {
@@ -146,7 +209,7 @@ impl Builder {
             }
         };
         let counters = Counters::new(MAX_WORKERS)?;
-        Ok(Cluster { config, local_addr, listeners, unix_path, counters })
+        Ok(Cluster { config, local_addr, listeners, unix_path, counters, bind_options: base })
     }
 }
 
@@ -174,6 +237,8 @@ pub struct Cluster {
     pub(crate) listeners: Listeners,
     pub(crate) unix_path: Option<UnixPath>,
     pub(crate) counters: Counters,
+    /// How the listeners were made, to make more (reuseport scaling up).
+    pub(crate) bind_options: BindOptions,
 }
 
 impl Cluster {

@@ -1,6 +1,8 @@
-//! What the primary sees happen to its workers, as Node's `cluster` reports it.
+//! What the primary sees happen to its workers, as Node's `cluster` reports it, plus what the
+//! primary itself decides (reloads, scaling, giving up).
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::sys::process::ExitStatus;
 
@@ -54,8 +56,45 @@ pub enum Event {
         pid: u32,
         /// Its exit code or the signal that killed it.
         status: ExitStatus,
-        /// Whether the primary had asked it to go (Node's `exitedAfterDisconnect`).
+        /// Whether the primary had asked it to go, or it announced it would (Node's
+        /// `exitedAfterDisconnect`). An exit that was not asked for is a crash, and the slot is
+        /// refilled.
         exited_after_disconnect: bool,
+    },
+    /// The worker announced it is about to exit on its own; its replacement is being forked.
+    Retiring {
+        /// The worker's slot.
+        id: usize,
+        /// Its pid.
+        pid: u32,
+    },
+    /// The worker stopped answering heartbeats; the primary killed it (it will be replaced).
+    Unresponsive {
+        /// The worker's slot.
+        id: usize,
+        /// Its pid.
+        pid: u32,
+        /// How long it had been silent.
+        silent_for: Duration,
+    },
+    /// A rolling reload changed phase.
+    Reload {
+        /// The generation the reload brings in (the first workers are generation 0).
+        generation: u64,
+        /// What happened.
+        phase: ReloadPhase,
+    },
+    /// The number of worker slots changed (SIGTTIN, SIGTTOU, [`crate::Primary::scale`]).
+    Scale {
+        /// How many workers the cluster now aims for.
+        workers: usize,
+    },
+    /// Too many restarts: the primary gave up and is stopping every worker.
+    GaveUp {
+        /// Restarts counted in the window.
+        restarts: usize,
+        /// The window.
+        within: Duration,
     },
     /// The primary began shutting down, on this signal (or 0 if asked by the program).
     Shutdown {
@@ -63,6 +102,20 @@ pub enum Event {
         signal: i32,
         /// `true` for a graceful shutdown, `false` for an immediate one (SIGKILL to workers).
         graceful: bool,
+    },
+}
+
+/// The phases of a rolling reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadPhase {
+    /// New workers were forked; old ones keep serving until their replacements listen.
+    Started,
+    /// Every new worker is listening and every old one was asked to drain and exit.
+    Finished,
+    /// Some new workers never became ready; the old workers of those slots keep serving.
+    Failed {
+        /// Why, slot by slot.
+        reason: String,
     },
 }
 
@@ -87,6 +140,25 @@ impl fmt::Display for Event {
             Event::Exit { id, pid, status, exited_after_disconnect } => {
                 write!(f, "exit worker={id} pid={pid} {status} exited_after_disconnect={exited_after_disconnect}")
             }
+            Event::Retiring { id, pid } => write!(f, "retiring worker={id} pid={pid}"),
+            Event::Unresponsive { id, pid, silent_for } => {
+                write!(f, "unresponsive worker={id} pid={pid} silent_for={:.1}s; killing it", silent_for.as_secs_f64())
+            }
+            Event::Reload { generation, phase: ReloadPhase::Started } => {
+                write!(f, "reload generation={generation} started")
+            }
+            Event::Reload { generation, phase: ReloadPhase::Finished } => {
+                write!(f, "reload generation={generation} finished")
+            }
+            Event::Reload { generation, phase: ReloadPhase::Failed { reason } } => {
+                write!(f, "reload generation={generation} failed: {reason}; old workers keep serving")
+            }
+            Event::Scale { workers } => write!(f, "scale workers={workers}"),
+            Event::GaveUp { restarts, within } => write!(
+                f,
+                "giving up: {restarts} restarts within {}s exceeds the restart limit; stopping every worker",
+                within.as_secs()
+            ),
             Event::Shutdown { signal, graceful } => {
                 write!(f, "shutdown signal={signal} {}", if *graceful { "graceful" } else { "immediate" })
             }

@@ -77,11 +77,14 @@ pub mod sys;
 mod worker;
 
 pub use addr::{AddrParseError, ListenAddr};
-pub use cluster::{Builder, Cluster, Config, DEFAULT_BACKLOG, DEFAULT_SHUTDOWN_TIMEOUT, MAX_WORKERS};
-pub use event::Event;
+pub use cluster::{
+    Builder, Cluster, Config, DEFAULT_BACKLOG, DEFAULT_RELOAD_TIMEOUT, DEFAULT_RESTART_LIMIT, DEFAULT_RESTART_WINDOW,
+    DEFAULT_SHUTDOWN_TIMEOUT, Heartbeat, MAX_WORKERS,
+};
+pub use event::{Event, ReloadPhase};
 pub use listener::StreamKind;
 pub use mode::{Mode, SharedAccept};
-pub use primary::Primary;
+pub use primary::{Primary, WorkerInfo};
 pub use stream::{StdStream, Stream};
 pub use sys::epoll::{Interest, Ready};
 pub use sys::process::ExitStatus;

@@ -181,6 +181,16 @@ impl Worker {
         self.channel.send(&Message::User(bytes.to_vec()), &[]).map_err(io::Error::from)
     }
 
+    /// Announces that this worker is about to exit on its own — Node's "suicide" message — and
+    /// stops accepting. The primary forks the replacement at once, before this worker goes, so
+    /// the slot is never empty; this worker's exit is then expected, not a crash. Connections
+    /// already taken are still delivered, then [`WorkerEvent::Disconnect`]: finish them and
+    /// return from the worker function.
+    pub fn retire(&mut self) -> io::Result<()> {
+        self.channel.send(&Message::Retiring, &[]).map_err(io::Error::from)?;
+        self.begin_stopping()
+    }
+
     /// Messages from the primary that arrived while [`incoming`](Self::incoming) was iterating.
     pub fn take_messages(&mut self) -> Vec<Vec<u8>> {
         self.messages.drain(..).collect()
@@ -366,6 +376,10 @@ impl Worker {
                     }
                     Message::User(bytes) => self.events.push_back(WorkerEvent::Message(bytes)),
                     Message::Disconnect => self.begin_stopping()?,
+                    // The heartbeat: answering proves this worker's loop is running.
+                    Message::Ping => {
+                        let _ = self.channel.try_send(&Message::Pong, &[]);
+                    }
                     other => eprintln!("herd: worker {}: unexpected message from the primary: {other:?}", self.id),
                 },
                 Err(ChannelError::ControlTruncated { kind: Some(1) }) => {

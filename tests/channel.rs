@@ -371,7 +371,7 @@ fn max_fds_plus_one_is_control_truncated() {
 #[test]
 fn unknown_kind_is_reported_and_its_fds_closed() {
     let _guard = serial();
-    for kind in [0u16, 8, 99, u16::MAX] {
+    for kind in [0u16, 11, 99, u16::MAX] {
         let err = recv_bad_frame("unknown kind", &good_frame(kind, 0, b"??"), 0);
         assert!(matches!(err, ChannelError::UnknownKind(k) if k == kind), "{err:?}");
         assert_display_contains(&err, &["unknown kind", &kind.to_string()]);

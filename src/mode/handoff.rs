@@ -81,8 +81,9 @@ impl Dispatcher {
 
     /// Starts giving connections to worker `key` (it reported `listening`).
     pub(crate) fn add_worker<'a>(&mut self, key: u64, channel_of: impl Fn(u64) -> Option<&'a Channel>) {
-        if !self.lanes.iter().any(|l| l.key == key) {
-            self.lanes.push(Lane { key, unacked: VecDeque::new(), next_seq: 0, open: true });
+        match self.lanes.iter_mut().find(|l| l.key == key) {
+            Some(lane) => lane.open = true,
+            None => self.lanes.push(Lane { key, unacked: VecDeque::new(), next_seq: 0, open: true }),
         }
         self.drain_queue(channel_of);
     }

@@ -33,3 +33,9 @@ pub(crate) fn bind(addr: &ListenAddr, slots: usize, base: BindOptions) -> io::Re
     }
     Ok((listeners, ListenAddr::Tcp(tcp)))
 }
+
+/// Binds one more listener, for a slot added at run time (SIGTTIN), on the address the others
+/// already use.
+pub(crate) fn bind_one(addr: &ListenAddr, base: BindOptions) -> io::Result<Listener> {
+    Listener::bind(addr, BindOptions { reuseport: true, nonblocking: true, ..base })
+}

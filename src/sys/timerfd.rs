@@ -39,6 +39,15 @@ impl Timer {
             .map_err(|e| super::context(super::from_errno(e), "timerfd_settime"))
     }
 
+    /// Stops the timer (a zero `it_value` disarms it) and clears any pending expiry.
+    pub fn disarm(&self) -> io::Result<()> {
+        let zero = Itimerspec { it_interval: timespec(Duration::ZERO), it_value: timespec(Duration::ZERO) };
+        rustix::time::timerfd_settime(&self.fd, TimerfdTimerFlags::empty(), &zero)
+            .map_err(|e| super::context(super::from_errno(e), "timerfd_settime"))?;
+        self.clear();
+        Ok(())
+    }
+
     /// Consumes an expiry so the descriptor stops being readable; returns whether it had fired.
     pub fn clear(&self) -> bool {
         let mut buf = [0u8; 8];

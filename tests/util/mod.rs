@@ -67,6 +67,21 @@ impl Serve {
         Serve::from_parts(None, Some(pid), stdout, stderr, workers)
     }
 
+    /// Starts `herd serve ARGS` and returns once it is bound, without waiting for workers (for
+    /// clusters whose workers never become ready).
+    pub fn start_unready(args: &[&str]) -> Serve {
+        let child = Command::new(env!("CARGO_BIN_EXE_herd"))
+            .arg("serve")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("spawn herd serve");
+        Serve::from_child(child, 0)
+    }
+
     fn from_child(mut child: Child, workers: usize) -> Serve {
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
@@ -103,7 +118,9 @@ impl Serve {
             Some(path) => Target::Unix(PathBuf::from(path)),
             None => Target::Tcp(addr.parse().expect("a socket address in the serving line")),
         };
-        serve.wait_for_log(|l| l.contains("herd: listening "), workers);
+        if workers > 0 {
+            serve.wait_for_log(|l| l.contains("herd: listening "), workers);
+        }
         serve
     }
 
@@ -271,34 +288,47 @@ pub fn worker_of(body: &str) -> usize {
 /// `n` requests, each on a new connection, from `concurrency` threads. Returns how many each
 /// worker answered, and every failure.
 pub fn load(target: &Target, n: usize, concurrency: usize) -> (BTreeMap<usize, usize>, Vec<String>) {
+    let (bodies, failures) = load_bodies(target, n, concurrency);
+    let mut seen = BTreeMap::new();
+    for body in &bodies {
+        *seen.entry(worker_of(body)).or_insert(0) += 1;
+    }
+    (seen, failures)
+}
+
+/// The pid in a body `worker <id> pid <pid>`.
+pub fn pid_of(body: &str) -> u32 {
+    body.split_whitespace().nth(3).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no pid in {body:?}"))
+}
+
+/// Like [`load`], returning every response body.
+pub fn load_bodies(target: &Target, n: usize, concurrency: usize) -> (Vec<String>, Vec<String>) {
     let per_thread = n / concurrency;
     let threads: Vec<_> = (0..concurrency)
         .map(|t| {
             let target = target.clone();
             let count = if t == 0 { n - per_thread * (concurrency - 1) } else { per_thread };
             std::thread::spawn(move || {
-                let mut seen = BTreeMap::new();
+                let mut bodies = Vec::new();
                 let mut failures = Vec::new();
                 for _ in 0..count {
                     match get(&target) {
-                        Ok(body) => *seen.entry(worker_of(&body)).or_insert(0) += 1,
+                        Ok(body) => bodies.push(body),
                         Err(e) => failures.push(e.to_string()),
                     }
                 }
-                (seen, failures)
+                (bodies, failures)
             })
         })
         .collect();
-    let mut seen = BTreeMap::new();
+    let mut bodies = Vec::new();
     let mut failures = Vec::new();
     for t in threads {
-        let (s, f) = t.join().unwrap();
-        for (w, c) in s {
-            *seen.entry(w).or_insert(0) += c;
-        }
+        let (b, f) = t.join().unwrap();
+        bodies.extend(b);
         failures.extend(f);
     }
-    (seen, failures)
+    (bodies, failures)
 }
 
 /// One worker row of the counter table `herd serve` prints on exit.
@@ -337,4 +367,71 @@ pub fn counters(stdout: &str) -> (BTreeMap<usize, Row>, [u64; 4]) {
 /// How many descriptors process `raw` has open.
 pub fn fd_count(raw: u32) -> usize {
     std::fs::read_dir(format!("/proc/{raw}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// A client that keeps making requests (each on a new connection) from `concurrency` threads
+/// until stopped, and counts what it saw.
+pub struct Continuous {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<(Vec<String>, Vec<String>)>>,
+}
+
+impl Continuous {
+    pub fn start(target: &Target, concurrency: usize) -> Continuous {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..concurrency)
+            .map(|_| {
+                let (target, stop) = (target.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let (mut bodies, mut failures) = (Vec::new(), Vec::new());
+                    // Bounded: at most 60 s, whatever happens.
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                        match get(&target) {
+                            Ok(body) => bodies.push(body),
+                            Err(e) => {
+                                failures.push(e.to_string());
+                                // Do not hammer a server that is down.
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
+                        }
+                    }
+                    (bodies, failures)
+                })
+            })
+            .collect();
+        Continuous { stop, threads }
+    }
+
+    /// Stops the clients; returns every body and every failure.
+    pub fn finish(self) -> (Vec<String>, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut bodies, mut failures) = (Vec::new(), Vec::new());
+        for t in self.threads {
+            let (b, f) = t.join().unwrap();
+            bodies.extend(b);
+            failures.extend(f);
+        }
+        (bodies, failures)
+    }
+}
+
+/// The time stamp at the start of a log line, in milliseconds of the day.
+pub fn log_millis(line: &str) -> u64 {
+    let time = line.split('T').nth(1).expect("a timestamped line");
+    let h: u64 = time[0..2].parse().unwrap();
+    let m: u64 = time[3..5].parse().unwrap();
+    let s: u64 = time[6..8].parse().unwrap();
+    let ms: u64 = time[9..12].parse().unwrap();
+    ((h * 60 + m) * 60 + s) * 1000 + ms
+}
+
+/// How many failures, and the first few of each kind: a readable assertion message.
+pub fn summary(failures: &[String]) -> String {
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    for f in failures {
+        *kinds.entry(f.as_str()).or_insert(0) += 1;
+    }
+    let shown: Vec<String> = kinds.iter().take(5).map(|(k, n)| format!("{n} x {k}")).collect();
+    format!("{} failures: {}", failures.len(), shown.join("; "))
 }

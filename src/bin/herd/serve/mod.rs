@@ -40,6 +40,15 @@ Options:
   --defer-accept           TCP_DEFER_ACCEPT: accept a connection once its request arrived
                            (one wakeup per connection instead of two)
   --stats FORMAT           how to print the counters on exit: table or json [default: table]
+  --restart-limit N        give up after more than N restarts within the window [default: 10]
+  --restart-window SECS    the window restarts are counted in [default: 60]
+  --heartbeat SECS         ping workers this often; 0 turns heartbeats off [default: 1]
+  --heartbeat-timeout SECS kill (and replace) a worker silent this long [default: 10]
+  --reload-timeout SECS    a reload gives up on a new worker not listening by then [default: 10]
+  --crash-after N          demo: each worker aborts after answering N requests (0: at start)
+  --retire-after N         demo: each worker announces its exit after N requests (Node's
+                           suicide message); its replacement is forked before it goes
+  --delay MS               demo: hold every response MS milliseconds
   --worker-api API          how each worker takes connections [default: event-loop]
                              event-loop  an epoll loop on the worker's own epoll
                              nested      an epoll loop of its own with the worker's
@@ -63,6 +72,12 @@ struct Args {
     worker_api: server::WorkerApi,
     defer_accept: bool,
     stats_json: bool,
+    restart_limit: usize,
+    restart_window: f64,
+    heartbeat: f64,
+    heartbeat_timeout: f64,
+    reload_timeout: f64,
+    behaviour: server::Behaviour,
     quiet: bool,
 }
 
@@ -79,6 +94,12 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Option<Args>, String> {
         worker_api: server::WorkerApi::EventLoop,
         defer_accept: false,
         stats_json: false,
+        restart_limit: herd::DEFAULT_RESTART_LIMIT,
+        restart_window: herd::DEFAULT_RESTART_WINDOW.as_secs_f64(),
+        heartbeat: 1.0,
+        heartbeat_timeout: 10.0,
+        reload_timeout: herd::DEFAULT_RELOAD_TIMEOUT.as_secs_f64(),
+        behaviour: server::Behaviour::default(),
         quiet: false,
     };
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
@@ -89,9 +110,17 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Option<Args>, String> {
             Short('l') | Long("listen") => args.listen = cli::parse(&mut parser, "--listen")?,
             Long("backlog") => args.backlog = cli::parse(&mut parser, "--backlog")?,
             Long("window") => args.window = cli::parse(&mut parser, "--window")?,
-            Long("shutdown-timeout") => args.shutdown_timeout = cli::parse(&mut parser, "--shutdown-timeout")?,
+            Long("shutdown-timeout") => args.shutdown_timeout = seconds(&mut parser, "--shutdown-timeout")?,
             Long("worker-api") => args.worker_api = cli::parse(&mut parser, "--worker-api")?,
             Long("defer-accept") => args.defer_accept = true,
+            Long("restart-limit") => args.restart_limit = cli::parse(&mut parser, "--restart-limit")?,
+            Long("restart-window") => args.restart_window = seconds(&mut parser, "--restart-window")?,
+            Long("heartbeat") => args.heartbeat = seconds(&mut parser, "--heartbeat")?,
+            Long("heartbeat-timeout") => args.heartbeat_timeout = seconds(&mut parser, "--heartbeat-timeout")?,
+            Long("reload-timeout") => args.reload_timeout = seconds(&mut parser, "--reload-timeout")?,
+            Long("crash-after") => args.behaviour.crash_after = Some(cli::parse(&mut parser, "--crash-after")?),
+            Long("retire-after") => args.behaviour.retire_after = Some(cli::parse(&mut parser, "--retire-after")?),
+            Long("delay") => args.behaviour.delay = Duration::from_millis(cli::parse(&mut parser, "--delay")?),
             Long("stats") => {
                 args.stats_json = match cli::parse::<String>(&mut parser, "--stats")?.as_str() {
                     "table" => false,
@@ -104,10 +133,22 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Option<Args>, String> {
             other => return Err(other.unexpected().to_string()),
         }
     }
-    if !(args.shutdown_timeout.is_finite() && args.shutdown_timeout >= 0.0) {
-        return Err(format!("--shutdown-timeout {}: must be a number of seconds >= 0", args.shutdown_timeout));
+    if args.heartbeat > 0.0 && args.heartbeat_timeout < args.heartbeat {
+        return Err(format!(
+            "--heartbeat-timeout {} must be at least --heartbeat {}",
+            args.heartbeat_timeout, args.heartbeat
+        ));
     }
     Ok(Some(args))
+}
+
+/// Parses a number of seconds (fractions allowed, >= 0).
+fn seconds(parser: &mut lexopt::Parser, option: &str) -> Result<f64, String> {
+    let value: f64 = cli::parse(parser, option)?;
+    if !(value.is_finite() && value >= 0.0) {
+        return Err(format!("{option} {value}: must be a number of seconds >= 0"));
+    }
+    Ok(value)
 }
 
 fn mode_of(args: &Args) -> Result<Mode, String> {
@@ -137,7 +178,13 @@ pub fn main(parser: lexopt::Parser) -> ExitCode {
         .backlog(args.backlog)
         .handoff_window(args.window)
         .shutdown_timeout(Duration::from_secs_f64(args.shutdown_timeout))
-        .defer_accept(args.defer_accept);
+        .defer_accept(args.defer_accept)
+        .restart_limit(args.restart_limit, Duration::from_secs_f64(args.restart_window))
+        .reload_timeout(Duration::from_secs_f64(args.reload_timeout));
+    if args.heartbeat > 0.0 {
+        builder =
+            builder.heartbeat(Duration::from_secs_f64(args.heartbeat), Duration::from_secs_f64(args.heartbeat_timeout));
+    }
     if let Some(n) = args.workers {
         builder = builder.workers(n);
     }
@@ -153,9 +200,9 @@ pub fn main(parser: lexopt::Parser) -> ExitCode {
         cluster.local_addr(),
         std::process::id()
     );
-    let (quiet, api) = (args.quiet, args.worker_api);
+    let (quiet, api, behaviour) = (args.quiet, args.worker_api, args.behaviour);
     let result = cluster.run(
-        move |worker| server::run(worker, api),
+        move |worker| server::run(worker, api, behaviour),
         |event| {
             if !quiet {
                 eprintln!("{} herd: {event}", crate::timestamp::now());

@@ -9,9 +9,13 @@
 //!   it like any other source — what a foreign event loop (tokio, mio) does. Measure it against
 //!   `event-loop` to see nesting undo `EPOLLEXCLUSIVE`.
 //! - `incoming`: the blocking iterator, one connection at a time.
+//!
+//! For demonstrations and tests, a worker can also misbehave on purpose ([`Behaviour`]): crash
+//! after N requests, retire (announce its exit, Node's "suicide") after N requests, or hold each
+//! response for a while so that requests are in flight when a signal arrives.
 
 use std::io::{self, Read, Write};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use herd::sys::epoll::Epoll;
 use herd::{Interest, Stream, Worker, WorkerEvent};
@@ -36,6 +40,48 @@ impl std::str::FromStr for WorkerApi {
             "incoming" => Ok(WorkerApi::Incoming),
             _ => Err(format!("unknown worker API {s:?}: expected event-loop, nested, incoming")),
         }
+    }
+}
+
+/// Misbehaviour on purpose, for demonstrations and tests.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Behaviour {
+    /// Abort (SIGABRT) after answering this many requests; 0: at start-up, before listening.
+    pub crash_after: Option<u64>,
+    /// Announce the exit ([`Worker::retire`]) after answering this many requests.
+    pub retire_after: Option<u64>,
+    /// Hold every response this long.
+    pub delay: Duration,
+}
+
+/// A worker's state shared by every connection.
+struct App {
+    body: Vec<u8>,
+    behaviour: Behaviour,
+    served: u64,
+    /// `retire_after` was reached; the loop calls [`Worker::retire`] once.
+    retire_due: bool,
+    retired: bool,
+}
+
+impl App {
+    /// Counts an answered request; crashes on purpose if told to.
+    fn answered(&mut self) {
+        self.served += 1;
+        if self.behaviour.crash_after.is_some_and(|n| self.served >= n) {
+            std::process::abort();
+        }
+        if self.behaviour.retire_after.is_some_and(|n| self.served >= n) {
+            self.retire_due = true;
+        }
+    }
+
+    fn retire_if_due(&mut self, worker: &mut Worker) -> io::Result<()> {
+        if self.retire_due && !self.retired {
+            self.retired = true;
+            worker.retire()?;
+        }
+        Ok(())
     }
 }
 
@@ -70,10 +116,19 @@ struct Conn {
     stream: Stream,
     input: Vec<u8>,
     output: Vec<u8>,
-    /// Close once `output` is written.
+    /// A response with `Connection: close` is queued: close once `output` is written.
     closing: bool,
+    /// The worker is stopping: answer at most the request in progress, with `Connection: close`.
+    draining: bool,
+    /// Responses queued but not yet counted as answered (held or not yet written).
+    unreported: u64,
+    /// Requests answered on this connection: a connection with none yet is not idle, its first
+    /// request is on its way.
+    answered: u64,
     /// Registered for writability (a response did not fit the socket buffer).
     want_write: bool,
+    /// With a delay: `output` is held until then.
+    hold_until: Option<Instant>,
 }
 
 /// Connections by token (their index), with a free list.
@@ -105,6 +160,11 @@ impl Conns {
             self.free.push(token);
         }
     }
+
+    /// The earliest held response, if any.
+    fn next_release(&self) -> Option<Instant> {
+        self.slots.iter().flatten().filter_map(|c| c.hold_until).min()
+    }
 }
 
 /// What to do with a connection after serving it.
@@ -114,34 +174,48 @@ enum Next {
 }
 
 /// The worker function: serve until the primary says stop and every connection is done.
-pub fn run(worker: &mut Worker, api: WorkerApi) -> io::Result<()> {
+pub fn run(worker: &mut Worker, api: WorkerApi, behaviour: Behaviour) -> io::Result<()> {
+    if behaviour.crash_after == Some(0) {
+        std::process::abort();
+    }
     let body = format!("worker {} pid {}\n", worker.id(), worker.pid()).into_bytes();
+    let mut app = App { body, behaviour, served: 0, retire_due: false, retired: false };
     match api {
-        WorkerApi::EventLoop => run_event_loop(worker, &body),
-        WorkerApi::Nested => run_nested(worker, &body),
-        WorkerApi::Incoming => run_incoming(worker, &body),
+        WorkerApi::EventLoop => run_event_loop(worker, &mut app),
+        WorkerApi::Nested => run_nested(worker, &mut app),
+        WorkerApi::Incoming => run_incoming(worker, &mut app),
     }
 }
 
-fn run_event_loop(worker: &mut Worker, body: &[u8]) -> io::Result<()> {
+/// How long to wait in `epoll_wait`: until the next held response is due, or forever.
+fn wait_time(conns: &Conns, app: &App) -> Option<Duration> {
+    if app.behaviour.delay.is_zero() {
+        return None;
+    }
+    conns.next_release().map(|t| t.saturating_duration_since(Instant::now()))
+}
+
+fn run_event_loop(worker: &mut Worker, app: &mut App) -> io::Result<()> {
     let mut conns = Conns::default();
     let mut ready = Vec::with_capacity(256);
     let mut stopping = false;
     loop {
-        worker.poll(&mut ready, None)?;
+        worker.poll(&mut ready, wait_time(&conns, app))?;
         while let Some(event) = worker.try_event()? {
-            on_event(event, &*worker, &mut conns, &mut stopping, body)?;
+            on_event(event, &*worker, &mut conns, &mut stopping, app)?;
         }
         for r in &ready {
-            on_ready(&*worker, &mut conns, r.token as usize, stopping, body)?;
+            on_ready(&*worker, &mut conns, r.token as usize, stopping, app)?;
         }
+        release_held(&*worker, &mut conns, app)?;
+        app.retire_if_due(worker)?;
         if stopping && conns.open == 0 {
             return Ok(());
         }
     }
 }
 
-fn run_nested(worker: &mut Worker, body: &[u8]) -> io::Result<()> {
+fn run_nested(worker: &mut Worker, app: &mut App) -> io::Result<()> {
     /// The worker's own token in our epoll; connections use their index.
     const WORKER: u64 = u64::MAX;
     let epoll = Epoll::new()?;
@@ -150,16 +224,18 @@ fn run_nested(worker: &mut Worker, body: &[u8]) -> io::Result<()> {
     let mut ready = Vec::with_capacity(256);
     let mut stopping = false;
     loop {
-        epoll.wait(&mut ready, None)?;
+        epoll.wait(&mut ready, wait_time(&conns, app))?;
         for r in &ready {
             if r.token == WORKER {
                 while let Some(event) = worker.try_event()? {
-                    on_event(event, &epoll, &mut conns, &mut stopping, body)?;
+                    on_event(event, &epoll, &mut conns, &mut stopping, app)?;
                 }
             } else {
-                on_ready(&epoll, &mut conns, r.token as usize, stopping, body)?;
+                on_ready(&epoll, &mut conns, r.token as usize, stopping, app)?;
             }
         }
+        release_held(&epoll, &mut conns, app)?;
+        app.retire_if_due(worker)?;
         if stopping && conns.open == 0 {
             return Ok(());
         }
@@ -169,37 +245,47 @@ fn run_nested(worker: &mut Worker, body: &[u8]) -> io::Result<()> {
 /// How long the blocking server waits for a client to send its request.
 const BLOCKING_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn run_incoming(worker: &mut Worker, body: &[u8]) -> io::Result<()> {
-    for stream in worker.incoming() {
-        let mut stream = stream?;
-        stream.set_read_timeout(Some(BLOCKING_READ_TIMEOUT))?;
-        let mut input = Vec::new();
-        let mut output = Vec::new();
-        let mut chunk = [0u8; 4096];
-        'connection: loop {
-            let request = loop {
-                match http::parse(&input) {
-                    Ok(Some(request)) => break request,
-                    Ok(None) => {}
-                    Err(_) => {
-                        let _ = stream.write_all(http::BAD_REQUEST);
-                        break 'connection;
-                    }
+fn run_incoming(worker: &mut Worker, app: &mut App) -> io::Result<()> {
+    loop {
+        let Some(stream) = worker.incoming().next() else { return Ok(()) };
+        serve_blocking(stream?, app)?;
+        app.retire_if_due(worker)?;
+    }
+}
+
+/// Serves one connection to the end, blocking.
+fn serve_blocking(mut stream: Stream, app: &mut App) -> io::Result<()> {
+    stream.set_read_timeout(Some(BLOCKING_READ_TIMEOUT))?;
+    let mut input = Vec::new();
+    let mut output = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let request = loop {
+            match http::parse(&input) {
+                Ok(Some(request)) => break request,
+                Ok(None) => {}
+                Err(_) => {
+                    let _ = stream.write_all(http::BAD_REQUEST);
+                    return Ok(());
                 }
-                match stream.read(&mut chunk) {
-                    Ok(0) | Err(_) => break 'connection,
-                    Ok(n) => input.extend_from_slice(&chunk[..n]),
-                }
-            };
-            input.drain(..request.len);
-            output.clear();
-            http::response(body, request.keep_alive, &mut output);
-            if stream.write_all(&output).is_err() || !request.keep_alive {
-                break;
             }
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(n) => input.extend_from_slice(&chunk[..n]),
+            }
+        };
+        input.drain(..request.len);
+        output.clear();
+        http::response(&app.body, request.keep_alive, &mut output);
+        std::thread::sleep(app.behaviour.delay);
+        if stream.write_all(&output).is_err() {
+            return Ok(());
+        }
+        app.answered();
+        if !request.keep_alive {
+            return Ok(());
         }
     }
-    Ok(())
 }
 
 fn on_event(
@@ -207,16 +293,26 @@ fn on_event(
     registry: &impl Registry,
     conns: &mut Conns,
     stopping: &mut bool,
-    body: &[u8],
+    app: &mut App,
 ) -> io::Result<()> {
     match event {
         WorkerEvent::Connection(stream) => {
-            let conn = Conn { stream, input: Vec::new(), output: Vec::new(), closing: *stopping, want_write: false };
+            let conn = Conn {
+                stream,
+                input: Vec::new(),
+                output: Vec::new(),
+                closing: false,
+                draining: *stopping,
+                unreported: 0,
+                answered: 0,
+                want_write: false,
+                hold_until: None,
+            };
             let token = conns.insert(conn);
             let conn = conns.slots[token].as_mut().expect("just inserted");
             registry.add(&conn.stream, token, Interest::READABLE)?;
             // The request usually arrives with the connection: try it now, saving a wakeup.
-            if let Next::Close = serve(registry, conn, token, body)? {
+            if let Next::Close = serve(registry, conn, token, app)? {
                 conns.remove(token);
             }
         }
@@ -229,24 +325,47 @@ fn on_event(
     Ok(())
 }
 
-fn on_ready(registry: &impl Registry, conns: &mut Conns, token: usize, stopping: bool, body: &[u8]) -> io::Result<()> {
+fn on_ready(
+    registry: &impl Registry,
+    conns: &mut Conns,
+    token: usize,
+    stopping: bool,
+    app: &mut App,
+) -> io::Result<()> {
     let Some(conn) = conns.slots.get_mut(token).and_then(Option::as_mut) else { return Ok(()) };
-    if stopping {
-        conn.closing = true;
-    }
-    if let Next::Close = serve(registry, conn, token, body)? {
+    conn.draining |= stopping;
+    if let Next::Close = serve(registry, conn, token, app)? {
         conns.remove(token);
     }
     Ok(())
 }
 
-/// Closes connections that sit idle between requests, so a graceful stop does not wait on
-/// keep-alive clients; the busy ones close after their current response.
+/// Writes the held responses that are due.
+fn release_held(registry: &impl Registry, conns: &mut Conns, app: &mut App) -> io::Result<()> {
+    if app.behaviour.delay.is_zero() {
+        return Ok(());
+    }
+    let now = Instant::now();
+    for token in 0..conns.slots.len() {
+        let Some(conn) = conns.slots[token].as_mut() else { continue };
+        if conn.hold_until.is_some_and(|t| t <= now) {
+            conn.hold_until = None;
+            if let Next::Close = serve(registry, conn, token, app)? {
+                conns.remove(token);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Closes keep-alive connections that sit idle between requests, so a graceful stop does not
+/// wait on them; the others close after their next response (a new connection's first request
+/// is on its way, and is answered).
 fn close_idle(conns: &mut Conns) {
     for token in 0..conns.slots.len() {
         if let Some(conn) = conns.slots[token].as_mut() {
-            conn.closing = true;
-            if conn.input.is_empty() && conn.output.is_empty() {
+            conn.draining = true;
+            if conn.answered > 0 && conn.input.is_empty() && conn.output.is_empty() && conn.hold_until.is_none() {
                 conns.remove(token);
             }
         }
@@ -254,7 +373,7 @@ fn close_idle(conns: &mut Conns) {
 }
 
 /// Reads what the client sent, answers every complete request, writes what it can.
-fn serve(registry: &impl Registry, conn: &mut Conn, token: usize, body: &[u8]) -> io::Result<Next> {
+fn serve(registry: &impl Registry, conn: &mut Conn, token: usize, app: &mut App) -> io::Result<Next> {
     let mut peer_closed = false;
     let mut chunk = [0u8; 4096];
     loop {
@@ -274,23 +393,35 @@ fn serve(registry: &impl Registry, conn: &mut Conn, token: usize, body: &[u8]) -
         match http::parse(&conn.input[consumed..]) {
             Ok(Some(request)) => {
                 consumed += request.len;
-                let keep_alive = request.keep_alive && !peer_closed;
+                conn.unreported += 1;
+                let keep_alive = request.keep_alive && !peer_closed && !conn.draining;
                 if !keep_alive {
                     conn.closing = true;
                 }
-                http::response(body, keep_alive, &mut conn.output);
+                http::response(&app.body, keep_alive, &mut conn.output);
+                if !app.behaviour.delay.is_zero() && conn.hold_until.is_none() {
+                    conn.hold_until = Some(Instant::now() + app.behaviour.delay);
+                }
             }
             Ok(None) => break,
             Err(_) => {
                 conn.output.extend_from_slice(http::BAD_REQUEST);
                 conn.closing = true;
+                break;
             }
         }
     }
     conn.input.drain(..consumed);
+    if conn.hold_until.is_some() {
+        return Ok(Next::Keep);
+    }
     flush(registry, conn, token)?;
-    let done_writing = conn.output.is_empty();
-    if done_writing && (conn.closing || peer_closed) {
+    for _ in 0..std::mem::take(&mut conn.unreported) {
+        conn.answered += 1;
+        app.answered();
+    }
+    let idle = conn.answered > 0 && conn.input.is_empty();
+    if conn.output.is_empty() && (conn.closing || peer_closed || conn.draining && idle) {
         return Ok(Next::Close);
     }
     Ok(Next::Keep)

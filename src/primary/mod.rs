@@ -1,44 +1,63 @@
-//! The primary: forks the workers, watches them over their channels and a signalfd, and — in
-//! handoff mode — accepts every connection and hands it on.
+//! The primary: forks the workers, watches them over their channels and a signalfd, keeps
+//! every slot filled, and — in handoff mode — accepts every connection and hands it on.
 //!
 //! It is one single-threaded epoll loop. Everything that can happen is a readable descriptor:
-//! a signal (`SIGCHLD`, `SIGINT`, `SIGTERM`, `SIGQUIT`, read from a signalfd, so there are no
-//! signal handlers), a worker's channel, the listener (handoff), or a deadline (timerfd).
-//! [`Primary::next_event`] turns the loop until it has an [`Event`] to report.
+//! a signal (read from a signalfd, so there are no signal handlers and no async-signal-safety
+//! rules), a worker's channel, the listener (handoff), or a deadline (timerfd: the shutdown kill
+//! timeout, the accept back-off, the reload timeout, the heartbeat). [`Primary::next_event`]
+//! turns the loop until it has an [`Event`] to report.
+//!
+//! | signal | what the primary does |
+//! |---|---|
+//! | `SIGTERM`, `SIGINT` | graceful shutdown: stop accepting, workers finish their connections and exit; SIGKILL after the shutdown timeout |
+//! | second `SIGINT`, `SIGQUIT` | immediate shutdown: SIGKILL every worker |
+//! | `SIGHUP` | rolling reload: fork a new generation; retire each old worker once its replacement listens |
+//! | `SIGTTIN` / `SIGTTOU` | one worker more / one fewer |
+//! | `SIGCHLD` | reap; replace a worker that exited without being asked, within the restart limit |
+//!
+//! The supervision logic (restarts, reloads, scaling, heartbeats) is in [`supervise`]; what a
+//! forked child does before it runs the user's code is in [`child`].
+
+mod child;
+mod supervise;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Write};
+use std::time::Instant;
 
 use rustix::process::Pid;
 
 use crate::accept::{self, Accepted};
-use crate::channel::{Channel, ChannelError, Message};
+use crate::channel::{self, Channel, ChannelError, Message};
 use crate::cluster::{Cluster, Config, Listeners};
-use crate::listener::{Listener, StreamKind, UnixPath};
+use crate::listener::{BindOptions, UnixPath};
+use crate::mode::Mode;
 use crate::mode::handoff::Dispatcher;
-use crate::mode::{Mode, shared};
 use crate::stats::{Counters, PrimaryCounter, Snapshot};
 use crate::sys::epoll::{Epoll, Interest, Ready};
 use crate::sys::process::{self, Forked};
-use crate::sys::signal::{Disposition, SignalFd, SignalSet, set_disposition};
+use crate::sys::signal::{SignalFd, SignalSet};
 use crate::sys::timerfd::Timer;
-use crate::worker::{Source, Worker};
+use crate::worker::Worker;
 use crate::{Event, ListenAddr};
 
+use supervise::{Reload, Restarts};
+
+/// The user's worker function, run in each forked worker.
+pub(crate) type WorkerMain = Box<dyn FnMut(&mut Worker) -> io::Result<()>>;
+
 /// Signals the primary reads from its signalfd.
-const PRIMARY_SIGNALS: [i32; 4] = [libc::SIGCHLD, libc::SIGINT, libc::SIGTERM, libc::SIGQUIT];
+const PRIMARY_SIGNALS: [i32; 7] =
+    [libc::SIGCHLD, libc::SIGINT, libc::SIGTERM, libc::SIGQUIT, libc::SIGHUP, libc::SIGTTIN, libc::SIGTTOU];
 
 const TOKEN_SIGNALS: u64 = u64::MAX;
 const TOKEN_LISTENER: u64 = u64::MAX - 1;
 const TOKEN_KILL_TIMER: u64 = u64::MAX - 2;
 const TOKEN_BACKOFF: u64 = u64::MAX - 3;
-/// Token of the listener inside a worker's epoll.
-const WORKER_TOKEN_LISTENER: u64 = u64::MAX;
+const TOKEN_RELOAD_TIMER: u64 = u64::MAX - 4;
+const TOKEN_HEARTBEAT: u64 = u64::MAX - 5;
 /// How many connections the primary accepts per wakeup before looking at its channels again.
 const ACCEPT_BATCH: usize = 64;
-
-/// The user's worker function, run in each forked worker.
-pub(crate) type WorkerMain = Box<dyn FnMut(&mut Worker) -> io::Result<()>>;
 
 /// The primary's descriptors that a forked worker must close.
 #[derive(Debug)]
@@ -47,6 +66,27 @@ struct PrimaryIo {
     signals: SignalFd,
     kill_timer: Timer,
     backoff: Timer,
+    reload_timer: Timer,
+    heartbeat: Timer,
+}
+
+impl PrimaryIo {
+    fn new(signals: &SignalSet) -> io::Result<PrimaryIo> {
+        let io = PrimaryIo {
+            epoll: Epoll::new()?,
+            signals: SignalFd::new(signals)?,
+            kill_timer: Timer::new()?,
+            backoff: Timer::new()?,
+            reload_timer: Timer::new()?,
+            heartbeat: Timer::new()?,
+        };
+        io.epoll.add(&io.signals, TOKEN_SIGNALS, Interest::READABLE)?;
+        io.epoll.add(&io.kill_timer, TOKEN_KILL_TIMER, Interest::READABLE)?;
+        io.epoll.add(&io.backoff, TOKEN_BACKOFF, Interest::READABLE)?;
+        io.epoll.add(&io.reload_timer, TOKEN_RELOAD_TIMER, Interest::READABLE)?;
+        io.epoll.add(&io.heartbeat, TOKEN_HEARTBEAT, Interest::READABLE)?;
+        Ok(io)
+    }
 }
 
 /// The primary's view of one worker process.
@@ -54,17 +94,42 @@ struct PrimaryIo {
 struct WorkerHandle {
     id: usize,
     pid: Pid,
+    generation: u64,
     channel: Channel,
     /// The channel is open (no hangup seen yet).
     connected: bool,
-    /// The primary asked it to go (disconnect or kill).
+    /// It reported `listening`.
+    listening: bool,
+    /// Its exit is expected: the primary asked it to go (disconnect, kill), or it announced it
+    /// would (retiring). Such an exit is not a crash and is not replaced.
     asked_to_exit: bool,
+    /// When a frame last arrived from it (or it was forked).
+    last_seen: Instant,
+    /// The heartbeat already declared it hung.
+    hung: bool,
 }
 
 impl WorkerHandle {
     fn pid(&self) -> u32 {
         self.pid.as_raw_nonzero().get() as u32
     }
+}
+
+/// What the primary knows of one live worker; see [`Primary::workers`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// Its slot, 0 to N-1.
+    pub id: usize,
+    /// Its pid.
+    pub pid: u32,
+    /// Its generation: 0 for the first workers, one more for each reload.
+    pub generation: u64,
+    /// Its channel is open.
+    pub connected: bool,
+    /// It reported `listening`.
+    pub listening: bool,
+    /// It was asked to exit (or announced it would) and is draining.
+    pub exiting: bool,
 }
 
 /// Why the primary is not watching its listener (handoff mode).
@@ -84,11 +149,19 @@ pub struct Primary {
     local_addr: ListenAddr,
     counters: Counters,
     listeners: Option<Listeners>,
+    bind_options: BindOptions,
     _unix_path: Option<UnixPath>,
     io: Option<PrimaryIo>,
     saved_mask: SignalSet,
     workers: BTreeMap<u64, WorkerHandle>,
     next_key: u64,
+    /// How many slots the cluster aims to keep filled.
+    target: usize,
+    /// The generation newly forked workers belong to.
+    generation: u64,
+    restarts: Restarts,
+    reload: Option<Reload>,
+    gave_up: bool,
     dispatcher: Option<Dispatcher>,
     accept_paused: Option<AcceptPause>,
     events: VecDeque<Event>,
@@ -110,22 +183,10 @@ impl std::fmt::Debug for Primary {
 
 impl Primary {
     pub(crate) fn start(cluster: Cluster, worker_main: WorkerMain) -> io::Result<Primary> {
-        let Cluster { config, local_addr, listeners, unix_path, counters } = cluster;
+        let Cluster { config, local_addr, listeners, unix_path, counters, bind_options } = cluster;
         let set = SignalSet::of(&PRIMARY_SIGNALS);
         let saved_mask = set.block()?;
-        let io = (|| {
-            let io = PrimaryIo {
-                epoll: Epoll::new()?,
-                signals: SignalFd::new(&set)?,
-                kill_timer: Timer::new()?,
-                backoff: Timer::new()?,
-            };
-            io.epoll.add(&io.signals, TOKEN_SIGNALS, Interest::READABLE)?;
-            io.epoll.add(&io.kill_timer, TOKEN_KILL_TIMER, Interest::READABLE)?;
-            io.epoll.add(&io.backoff, TOKEN_BACKOFF, Interest::READABLE)?;
-            Ok::<_, io::Error>(io)
-        })();
-        let io = match io {
+        let io = match PrimaryIo::new(&set) {
             Ok(io) => io,
             Err(e) => {
                 let _ = saved_mask.set_mask();
@@ -134,16 +195,23 @@ impl Primary {
         };
         let dispatcher =
             (config.mode == Mode::Handoff).then(|| Dispatcher::new(config.handoff_window, counters.clone()));
+        let restarts = Restarts::new(config.restart_limit, config.restart_window);
         let mut primary = Primary {
+            target: config.workers,
             config,
             local_addr,
             counters,
             listeners: Some(listeners),
+            bind_options,
             _unix_path: unix_path,
             io: Some(io),
             saved_mask,
             workers: BTreeMap::new(),
             next_key: 0,
+            generation: 0,
+            restarts,
+            reload: None,
+            gave_up: false,
             dispatcher,
             accept_paused: None,
             events: VecDeque::new(),
@@ -155,7 +223,10 @@ impl Primary {
         if let Some(Listeners::Handoff(l)) = &primary.listeners {
             primary.io().epoll.add(l, TOKEN_LISTENER, Interest::READABLE)?;
         }
-        for slot in 0..primary.config.workers {
+        if let Some(hb) = primary.config.heartbeat {
+            primary.io().heartbeat.arm(hb.interval)?;
+        }
+        for slot in 0..primary.target {
             primary.spawn(slot)?;
         }
         Ok(primary)
@@ -175,9 +246,73 @@ impl Primary {
         &self.counters
     }
 
-    /// The live workers: `(id, pid)` pairs, in fork order.
-    pub fn workers(&self) -> Vec<(usize, u32)> {
-        self.workers.values().map(|w| (w.id, w.pid())).collect()
+    /// The live workers (Node's `cluster.workers`), in fork order.
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        self.workers
+            .values()
+            .map(|w| WorkerInfo {
+                id: w.id,
+                pid: w.pid(),
+                generation: w.generation,
+                connected: w.connected,
+                listening: w.listening,
+                exiting: w.asked_to_exit,
+            })
+            .collect()
+    }
+
+    fn key_of(&self, pid: u32) -> Option<u64> {
+        self.workers.iter().find(|(_, w)| w.pid() == pid).map(|(k, _)| *k)
+    }
+
+    fn not_a_worker(pid: u32) -> io::Error {
+        io::Error::new(io::ErrorKind::NotFound, format!("no live worker with pid {pid}"))
+    }
+
+    /// Sends `bytes` to the worker `pid`, which receives a [`crate::WorkerEvent::Message`].
+    ///
+    /// # Errors
+    /// `InvalidInput` for more than [`channel::MAX_MESSAGE`] bytes; `NotFound` for a pid that is
+    /// not a live worker; the channel's error if the worker is gone.
+    pub fn send(&self, pid: u32, bytes: &[u8]) -> io::Result<()> {
+        check_message_size(bytes)?;
+        let key = self.key_of(pid).ok_or_else(|| Primary::not_a_worker(pid))?;
+        self.workers[&key].channel.send(&Message::User(bytes.to_vec()), &[]).map_err(io::Error::from)
+    }
+
+    /// Sends `bytes` to every connected worker; returns how many it reached.
+    pub fn broadcast(&self, bytes: &[u8]) -> io::Result<usize> {
+        check_message_size(bytes)?;
+        let message = Message::User(bytes.to_vec());
+        Ok(self.workers.values().filter(|w| w.connected && w.channel.send(&message, &[]).is_ok()).count())
+    }
+
+    /// Sends `signal` to the worker `pid` (Node's `worker.kill`); its exit then counts as asked
+    /// for, so it is not replaced.
+    pub fn kill(&mut self, pid: u32, signal: i32) -> io::Result<()> {
+        let key = self.key_of(pid).ok_or_else(|| Primary::not_a_worker(pid))?;
+        self.stop_dispatching_to(key);
+        let w = self.workers.get_mut(&key).expect("key just found");
+        w.asked_to_exit = true;
+        process::kill(w.pid, signal)
+    }
+
+    /// Asks the worker `pid` to stop accepting, finish its connections and exit (Node's
+    /// `worker.disconnect`). It is not replaced.
+    pub fn disconnect(&mut self, pid: u32) -> io::Result<()> {
+        let key = self.key_of(pid).ok_or_else(|| Primary::not_a_worker(pid))?;
+        self.disconnect_key(key);
+        Ok(())
+    }
+
+    /// Whether the worker `pid` is alive with its channel open.
+    pub fn is_connected(&self, pid: u32) -> bool {
+        self.key_of(pid).is_some_and(|k| self.workers[&k].connected)
+    }
+
+    /// Whether the worker `pid` has exited (or never was one of ours).
+    pub fn is_dead(&self, pid: u32) -> bool {
+        self.key_of(pid).is_none()
     }
 
     /// Turns the primary's loop until something happens, and reports it. Returns `Ok(None)` once
@@ -197,10 +332,18 @@ impl Primary {
     /// Runs until shutdown, passing every event to `on_event`; returns the final counters.
     ///
     /// # Errors
-    /// An `Other` error if every worker exited without a shutdown having been asked for.
+    /// An `Other` error naming the cause if the primary gave up after too many restarts, or if
+    /// every worker exited without a shutdown having been asked for.
     pub fn run(mut self, mut on_event: impl FnMut(&Event)) -> io::Result<Snapshot> {
         while let Some(event) = self.next_event()? {
             on_event(&event);
+        }
+        if self.gave_up {
+            return Err(io::Error::other(format!(
+                "gave up: more than {} restarts within {}s",
+                self.config.restart_limit,
+                self.config.restart_window.as_secs()
+            )));
         }
         if !self.shutting_down {
             return Err(io::Error::other("every worker exited; nothing is left to serve"));
@@ -229,7 +372,15 @@ impl Primary {
                     self.io().backoff.clear();
                     self.resume_accepting(AcceptPause::BackOff)?;
                 }
-                key => self.on_channel(key, r.hangup && !r.readable),
+                TOKEN_RELOAD_TIMER => {
+                    self.io().reload_timer.clear();
+                    self.reload_timed_out()?;
+                }
+                TOKEN_HEARTBEAT => {
+                    self.io().heartbeat.clear();
+                    self.heartbeat()?;
+                }
+                key => self.on_channel(key, r.hangup && !r.readable)?,
             }
         }
         self.ready = ready;
@@ -243,7 +394,7 @@ impl Primary {
             if queue_empty {
                 let keys: Vec<u64> = self.workers.iter().filter(|(_, w)| !w.asked_to_exit).map(|(k, _)| *k).collect();
                 for key in keys {
-                    self.disconnect(key);
+                    self.disconnect_key(key);
                 }
             }
         }
@@ -265,6 +416,9 @@ impl Primary {
                 libc::SIGINT if self.shutting_down => self.begin_shutdown(signal, false)?,
                 libc::SIGINT | libc::SIGTERM => self.begin_shutdown(signal, true)?,
                 libc::SIGQUIT => self.begin_shutdown(signal, false)?,
+                libc::SIGHUP => self.reload()?,
+                libc::SIGTTIN => self.scale(self.target + 1)?,
+                libc::SIGTTOU => self.scale(self.target.saturating_sub(1).max(1))?,
                 _ => {}
             }
         }
@@ -273,6 +427,8 @@ impl Primary {
 
     fn begin_shutdown(&mut self, signal: i32, graceful: bool) -> io::Result<()> {
         self.events.push_back(Event::Shutdown { signal, graceful });
+        self.reload = None;
+        self.io().reload_timer.disarm()?;
         if !graceful {
             self.shutting_down = true;
             self.kill_all(libc::SIGKILL);
@@ -287,15 +443,28 @@ impl Primary {
         Ok(())
     }
 
-    /// Asks worker `key` to stop accepting, finish its connections and exit.
-    fn disconnect(&mut self, key: u64) {
-        let Some(w) = self.workers.get_mut(&key) else { return };
-        w.asked_to_exit = true;
+    /// Takes worker `key` out of the handoff rotation (its unacknowledged handoffs stay until
+    /// acknowledged).
+    fn stop_dispatching_to(&mut self, key: u64) {
         if let Some(d) = &mut self.dispatcher {
             let workers = &self.workers;
             d.remove_worker(key, false, |k| workers.get(&k).map(|w| &w.channel));
         }
-        let w = &self.workers[&key];
+    }
+
+    /// Puts worker `key` (back) into the handoff rotation.
+    fn dispatch_to(&mut self, key: u64) {
+        if let Some(d) = &mut self.dispatcher {
+            let workers = &self.workers;
+            d.add_worker(key, |k| workers.get(&k).filter(|w| w.connected).map(|w| &w.channel));
+        }
+    }
+
+    /// Asks worker `key` to stop accepting, finish its connections and exit.
+    fn disconnect_key(&mut self, key: u64) {
+        self.stop_dispatching_to(key);
+        let Some(w) = self.workers.get_mut(&key) else { return };
+        w.asked_to_exit = true;
         if w.connected && w.channel.send(&Message::Disconnect, &[]).is_err() {
             let _ = process::kill(w.pid, libc::SIGTERM);
         }
@@ -313,56 +482,56 @@ impl Primary {
         for key in keys {
             let pid = self.workers[&key].pid;
             if let Some(status) = process::reap(pid)? {
+                // Read what the worker sent before it died — above all its last acks — before
+                // its unacknowledged handoffs are requeued: a connection it acknowledged is its
+                // own, and giving it to another worker would serve it twice.
+                self.on_channel(key, false)?;
                 self.on_channel_closed(key);
                 let w = self.workers.remove(&key).expect("reaped worker is known");
+                let expected = w.asked_to_exit || self.shutting_down;
                 self.events.push_back(Event::Exit {
                     id: w.id,
                     pid: w.pid(),
                     status,
-                    exited_after_disconnect: w.asked_to_exit,
+                    exited_after_disconnect: expected,
                 });
+                self.after_exit(key, &w, status, expected)?;
             }
         }
         Ok(())
     }
 
     /// Reads every frame waiting on worker `key`'s channel.
-    fn on_channel(&mut self, key: u64, hangup: bool) {
+    fn on_channel(&mut self, key: u64, hangup: bool) -> io::Result<()> {
         if hangup {
             self.on_channel_closed(key);
-            return;
+            return Ok(());
         }
         loop {
-            let Some(w) = self.workers.get_mut(&key) else { return };
+            let Some(w) = self.workers.get_mut(&key) else { return Ok(()) };
             let (id, pid) = (w.id, w.pid());
             let received = match w.channel.try_recv() {
                 Ok(Some(r)) => r,
-                Ok(None) => return,
+                Ok(None) => return Ok(()),
                 Err(ChannelError::Closed) => {
                     self.on_channel_closed(key);
-                    return;
+                    return Ok(());
                 }
                 Err(e) => {
                     eprintln!("herd: primary: bad frame from worker {id} (pid {pid}): {e}");
                     if matches!(e, ChannelError::Io(_)) {
                         self.on_channel_closed(key);
-                        return;
+                        return Ok(());
                     }
                     continue;
                 }
             };
+            w.last_seen = Instant::now();
             let workers = &self.workers;
-            let channel_of = |k: u64| workers.get(&k).map(|w| &w.channel);
+            let channel_of = |k: u64| workers.get(&k).filter(|w| w.connected).map(|w| &w.channel);
             match received.message {
                 Message::Online => self.events.push_back(Event::Online { id, pid }),
-                Message::Listening => {
-                    if let Some(d) = &mut self.dispatcher {
-                        if !workers[&key].asked_to_exit {
-                            d.add_worker(key, channel_of);
-                        }
-                    }
-                    self.events.push_back(Event::Listening { id, pid });
-                }
+                Message::Listening => self.on_listening(key)?,
                 Message::Ack { count } => {
                     if let Some(d) = &mut self.dispatcher {
                         d.ack(key, count, channel_of);
@@ -374,6 +543,8 @@ impl Primary {
                     }
                 }
                 Message::User(data) => self.events.push_back(Event::Message { id, pid, data }),
+                Message::Pong => {}
+                Message::Retiring => self.on_retiring(key)?,
                 other => eprintln!("herd: primary: unexpected {other:?} from worker {id} (pid {pid})"),
             }
         }
@@ -450,19 +621,30 @@ impl Primary {
         Ok(())
     }
 
-    /// Forks the worker for `slot`.
-    fn spawn(&mut self, slot: usize) -> io::Result<()> {
+    /// Forks a worker for `slot`, of the current generation; returns its key.
+    fn spawn(&mut self, slot: usize) -> io::Result<u64> {
         let (ours, theirs) = Channel::pair().map_err(|e| crate::sys::context(e, format!("spawning worker {slot}")))?;
         self.counters.use_slot(slot);
         match process::fork_worker().map_err(|e| crate::sys::context(e, format!("spawning worker {slot}")))? {
             Forked::Parent(pid) => {
                 drop(theirs);
-                self.io().epoll.add(&ours, self.next_key, Interest::READABLE)?;
-                let handle = WorkerHandle { id: slot, pid, channel: ours, connected: true, asked_to_exit: false };
-                self.events.push_back(Event::Fork { id: slot, pid: handle.pid() });
-                self.workers.insert(self.next_key, handle);
+                let key = self.next_key;
                 self.next_key += 1;
-                Ok(())
+                self.io().epoll.add(&ours, key, Interest::READABLE)?;
+                let handle = WorkerHandle {
+                    id: slot,
+                    pid,
+                    generation: self.generation,
+                    channel: ours,
+                    connected: true,
+                    listening: false,
+                    asked_to_exit: false,
+                    last_seen: Instant::now(),
+                    hung: false,
+                };
+                self.events.push_back(Event::Fork { id: slot, pid: handle.pid() });
+                self.workers.insert(key, handle);
+                Ok(key)
             }
             Forked::Child => {
                 drop(ours);
@@ -473,83 +655,16 @@ impl Primary {
             }
         }
     }
-
-    /// In the forked child: drop everything that belongs to the primary, set up the worker and
-    /// run the user's function. Returns the exit code.
-    fn become_worker(&mut self, slot: usize, channel: Channel) -> i32 {
-        // Close the primary's descriptors: its epoll and signalfd, the other workers' channels,
-        // and — vital in handoff mode — the primary's copies of connections in flight, or those
-        // connections would stay open as long as this worker lives.
-        self.io = None;
-        self.workers.clear();
-        self.dispatcher = None;
-        self.events.clear();
-        if let Err(e) = self.reset_signals_for_worker() {
-            eprintln!("herd: worker {slot}: {e}");
-            return 1;
-        }
-        let listener = take_worker_listener(self.listeners.take(), slot);
-        let mut worker = match self.make_worker(slot, channel, listener) {
-            Ok(w) => w,
-            Err(e) => {
-                eprintln!("herd: worker {slot}: setting up: {e}");
-                return 1;
-            }
-        };
-        let main = &mut self.worker_main;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| main(&mut worker))) {
-            Ok(Ok(())) => 0,
-            Ok(Err(e)) => {
-                eprintln!("herd: worker {slot} (pid {}): {e}", std::process::id());
-                1
-            }
-            Err(_) => 101,
-        }
-    }
-
-    /// Workers leave SIGINT, SIGQUIT and SIGHUP to the primary (a terminal sends Ctrl-C to the
-    /// whole process group, and the primary decides what the workers do), die on SIGTERM as
-    /// Node's `worker.kill()` expects, and ignore SIGPIPE (a client that hung up must not kill a
-    /// worker mid-write).
-    fn reset_signals_for_worker(&self) -> io::Result<()> {
-        for s in [libc::SIGINT, libc::SIGQUIT, libc::SIGHUP, libc::SIGPIPE] {
-            set_disposition(s, Disposition::Ignore)?;
-        }
-        for s in [libc::SIGTERM, libc::SIGCHLD] {
-            set_disposition(s, Disposition::Default)?;
-        }
-        self.saved_mask.set_mask()
-    }
-
-    fn make_worker(&self, slot: usize, channel: Channel, listener: Option<Listener>) -> io::Result<Worker> {
-        let kind = match &self.local_addr {
-            ListenAddr::Tcp(_) => StreamKind::Tcp,
-            ListenAddr::Unix(_) => StreamKind::Unix,
-        };
-        let source = match (self.config.mode, listener) {
-            (Mode::Shared(strategy), Some(l)) => {
-                shared::worker_source(l, strategy, &self.counters, slot, WORKER_TOKEN_LISTENER)?
-            }
-            (Mode::Reuseport, Some(l)) => Source::Listener(crate::accept::epoll::ListenerWatch::new(
-                l,
-                crate::accept::epoll::Watch::Level,
-                WORKER_TOKEN_LISTENER,
-            )),
-            (Mode::Handoff, _) => Source::Handoff,
-            (mode, None) => return Err(io::Error::other(format!("no listener for slot {slot} in {mode} mode"))),
-        };
-        channel.send(&Message::Online, &[]).map_err(io::Error::from)?;
-        Worker::new(slot, kind, channel, source, self.counters.clone())
-    }
 }
 
-/// The listener a worker in `slot` keeps; the others are dropped (closed) with `listeners`.
-fn take_worker_listener(listeners: Option<Listeners>, slot: usize) -> Option<Listener> {
-    match listeners? {
-        Listeners::Shared(l) => Some(l),
-        Listeners::Handoff(_) => None,
-        Listeners::Reuseport(mut ls) => ls.get_mut(slot).and_then(Option::take),
+fn check_message_size(bytes: &[u8]) -> io::Result<()> {
+    if bytes.len() > channel::MAX_MESSAGE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("message of {} bytes exceeds the {}-byte limit", bytes.len(), channel::MAX_MESSAGE),
+        ));
     }
+    Ok(())
 }
 
 impl Drop for Primary {
