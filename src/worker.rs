@@ -95,6 +95,7 @@ impl Pending {
 #[derive(Debug)]
 pub struct Worker {
     id: usize,
+    generation: u64,
     kind: StreamKind,
     channel: Channel,
     epoll: Epoll,
@@ -115,6 +116,7 @@ pub struct Worker {
 impl Worker {
     pub(crate) fn new(
         id: usize,
+        generation: u64,
         kind: StreamKind,
         channel: Channel,
         source: Source,
@@ -126,6 +128,7 @@ impl Worker {
         epoll.add(&backoff, TOKEN_BACKOFF, Interest::READABLE)?;
         let mut worker = Worker {
             id,
+            generation,
             kind,
             channel,
             epoll,
@@ -154,6 +157,11 @@ impl Worker {
     /// This worker's id: its slot, from 0 to N-1. A replacement for a worker gets the same id.
     pub fn id(&self) -> usize {
         self.id
+    }
+
+    /// This worker's generation: 0 for the first workers, one more with each rolling reload.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// This process's pid.

@@ -47,7 +47,7 @@ fn reload_in_every_mode_fails_no_request_and_replaces_every_worker() {
         assert!(stopped.status.success(), "{mode:?}: {:?}", stopped.status);
         for old in before.values() {
             assert!(
-                stopped.log.iter().any(|l| l.contains(&format!("exit worker="))
+                stopped.log.iter().any(|l| l.contains("exit worker=")
                     && l.contains(&format!("pid={old} code 0 exited_after_disconnect=true"))),
                 "{mode:?}: old worker {old} drained and exited cleanly"
             );
@@ -240,4 +240,48 @@ fn a_hung_worker_is_killed_and_replaced() {
     let stopped = serve.stop();
     assert!(stopped.status.success());
     util::assert_all_gone(&stopped.worker_pids, Duration::from_secs(1));
+}
+
+#[test]
+fn a_failed_reload_keeps_the_old_workers_serving() {
+    let serve = Serve::start(
+        &["--workers", "2", "--listen", "127.0.0.1:0", "--mode", "handoff", "--broken-generation", "1"],
+        2,
+    );
+    let before = serve.worker_pids();
+    let load = Continuous::start(&serve.target, 2);
+    serve.signal(Signal::HUP);
+    let failed = serve.wait_for_log(|l| l.contains("reload generation=1 failed"), 1);
+    assert!(failed.contains("exited with signal 6 before listening"), "the log says why: {failed}");
+    std::thread::sleep(Duration::from_millis(300));
+    let (bodies, failures) = load.finish();
+    assert!(failures.is_empty(), "{}", util::summary(&failures));
+    let pids: std::collections::BTreeSet<u32> = bodies.iter().map(|b| util::pid_of(b)).collect();
+    let old: std::collections::BTreeSet<u32> = before.values().copied().collect();
+    assert_eq!(pids, old, "only the old generation served");
+    let log = serve.log();
+    assert_eq!(log.iter().filter(|l| l.contains("herd: fork ")).count(), 4, "the failed workers were not restarted");
+    let stopped = serve.stop();
+    assert!(stopped.status.success());
+    util::assert_all_gone(&stopped.worker_pids, Duration::from_secs(1));
+}
+
+#[test]
+fn a_reload_waiting_for_listening_times_out_and_keeps_the_old_workers() {
+    // Workers take 500 ms to start; a reload waits only 100 ms for them.
+    let args = ["--workers", "2", "--listen", "127.0.0.1:0", "--startup-delay", "500", "--reload-timeout", "0.1"];
+    let serve = Serve::start(&args, 2);
+    let before = serve.worker_pids();
+    serve.signal(Signal::HUP);
+    let failed = serve.wait_for_log(|l| l.contains("reload generation=1 failed"), 1);
+    assert!(failed.contains("not listening after"), "{failed}");
+    std::thread::sleep(Duration::from_millis(200));
+    let (seen, failures) = util::load(&serve.target, 40, 2);
+    assert!(failures.is_empty(), "{}", util::summary(&failures));
+    assert_eq!(seen.values().sum::<usize>(), 40);
+    let exited: Vec<u32> =
+        serve.log().iter().filter(|l| l.contains("herd: exit ")).map(|l| util::pid_of_log(l)).collect();
+    assert!(before.values().all(|p| !exited.contains(p)), "the old workers are still alive");
+    assert_eq!(exited.len(), 2, "the two late new workers were killed");
+    assert!(serve.stop().status.success());
 }

@@ -78,7 +78,7 @@ impl Primary {
             (mode, None) => return Err(io::Error::other(format!("no listener for slot {slot} in {mode} mode"))),
         };
         channel.send(&Message::Online, &[]).map_err(io::Error::from)?;
-        Worker::new(slot, kind, channel, source, self.counters.clone())
+        Worker::new(slot, self.generation, kind, channel, source, self.counters.clone())
     }
 }
 

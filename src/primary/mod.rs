@@ -388,16 +388,7 @@ impl Primary {
     }
 
     fn after_turn(&mut self) -> io::Result<()> {
-        if self.shutting_down {
-            // In handoff mode, connections still queued in the primary are served first.
-            let queue_empty = self.dispatcher.as_ref().is_none_or(|d| d.queued() == 0);
-            if queue_empty {
-                let keys: Vec<u64> = self.workers.iter().filter(|(_, w)| !w.asked_to_exit).map(|(k, _)| *k).collect();
-                for key in keys {
-                    self.disconnect_key(key);
-                }
-            }
-        }
+        self.disconnect_all_once_drained();
         if self.accept_paused == Some(AcceptPause::QueueFull)
             && self.dispatcher.as_ref().is_some_and(|d| d.queued() <= self.config.handoff_queue_limit / 2)
         {
@@ -407,6 +398,18 @@ impl Primary {
             self.finished = true;
         }
         Ok(())
+    }
+
+    /// While shutting down: asks every worker to finish and exit — in handoff mode only once the
+    /// connections still queued in the primary have been handed out.
+    fn disconnect_all_once_drained(&mut self) {
+        if !self.shutting_down || self.dispatcher.as_ref().is_some_and(|d| d.queued() > 0) {
+            return;
+        }
+        let keys: Vec<u64> = self.workers.iter().filter(|(_, w)| !w.asked_to_exit).map(|(k, _)| *k).collect();
+        for key in keys {
+            self.disconnect_key(key);
+        }
     }
 
     fn on_signals(&mut self) -> io::Result<()> {
@@ -440,6 +443,7 @@ impl Primary {
         self.shutting_down = true;
         self.pause_accepting(AcceptPause::Stopped)?;
         self.io().kill_timer.arm(self.config.shutdown_timeout)?;
+        self.disconnect_all_once_drained();
         Ok(())
     }
 

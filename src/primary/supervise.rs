@@ -243,6 +243,12 @@ impl Primary {
         let old = self.target;
         self.target = workers;
         self.events.push_back(Event::Scale { workers });
+        if workers < old && matches!(self.listeners, Some(Listeners::Reuseport(_))) && !tcp_migrate_req() {
+            eprintln!(
+                "herd: primary: net.ipv4.tcp_migrate_req is 0: connections still queued on the listeners of the \
+                 removed slots will be reset when they close (set it to 1 to have the kernel move them)"
+            );
+        }
         for slot in workers..old {
             let keys: Vec<u64> = self.workers.iter().filter(|(_, w)| w.id == slot).map(|(k, _)| *k).collect();
             for key in keys {
@@ -294,6 +300,12 @@ impl Primary {
         }
         self.io().heartbeat.arm(hb.interval)
     }
+}
+
+/// Whether `net.ipv4.tcp_migrate_req` (Linux 5.14) is on in this network namespace: closing one
+/// of a group of `SO_REUSEPORT` listeners then moves its queued connections to the others.
+fn tcp_migrate_req() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").is_ok_and(|v| v.trim() == "1")
 }
 
 #[cfg(test)]

@@ -49,6 +49,9 @@ Options:
   --retire-after N         demo: each worker announces its exit after N requests (Node's
                            suicide message); its replacement is forked before it goes
   --delay MS               demo: hold every response MS milliseconds
+  --startup-delay MS       demo: each worker sleeps MS milliseconds before taking connections
+  --broken-generation G    demo: workers of reload generation G or later abort at start-up
+                           (a bad deploy: the reload fails and the old workers keep serving)
   --worker-api API          how each worker takes connections [default: event-loop]
                              event-loop  an epoll loop on the worker's own epoll
                              nested      an epoll loop of its own with the worker's
@@ -120,6 +123,12 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Option<Args>, String> {
             Long("reload-timeout") => args.reload_timeout = seconds(&mut parser, "--reload-timeout")?,
             Long("crash-after") => args.behaviour.crash_after = Some(cli::parse(&mut parser, "--crash-after")?),
             Long("retire-after") => args.behaviour.retire_after = Some(cli::parse(&mut parser, "--retire-after")?),
+            Long("startup-delay") => {
+                args.behaviour.startup_delay = Duration::from_millis(cli::parse(&mut parser, "--startup-delay")?)
+            }
+            Long("broken-generation") => {
+                args.behaviour.broken_generation = Some(cli::parse(&mut parser, "--broken-generation")?)
+            }
             Long("delay") => args.behaviour.delay = Duration::from_millis(cli::parse(&mut parser, "--delay")?),
             Long("stats") => {
                 args.stats_json = match cli::parse::<String>(&mut parser, "--stats")?.as_str() {

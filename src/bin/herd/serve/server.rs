@@ -52,6 +52,10 @@ pub struct Behaviour {
     pub retire_after: Option<u64>,
     /// Hold every response this long.
     pub delay: Duration,
+    /// Workers of this generation or later abort at start-up: a bad deploy, for reload demos.
+    pub broken_generation: Option<u64>,
+    /// Sleep this long before taking connections: a slow start-up.
+    pub startup_delay: Duration,
 }
 
 /// A worker's state shared by every connection.
@@ -175,9 +179,10 @@ enum Next {
 
 /// The worker function: serve until the primary says stop and every connection is done.
 pub fn run(worker: &mut Worker, api: WorkerApi, behaviour: Behaviour) -> io::Result<()> {
-    if behaviour.crash_after == Some(0) {
+    if behaviour.crash_after == Some(0) || behaviour.broken_generation.is_some_and(|g| worker.generation() >= g) {
         std::process::abort();
     }
+    std::thread::sleep(behaviour.startup_delay);
     let body = format!("worker {} pid {}\n", worker.id(), worker.pid()).into_bytes();
     let mut app = App { body, behaviour, served: 0, retire_due: false, retired: false };
     match api {

@@ -1,0 +1,34 @@
+//! Messages both ways, run as `examples/messages.rs` in its own process (it forks).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The example binary, built next to the `herd` binary by `cargo test --all-targets`.
+fn example(name: &str) -> PathBuf {
+    let herd = PathBuf::from(env!("CARGO_BIN_EXE_herd"));
+    let path = herd.parent().unwrap().join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --all-targets` (make test), which builds the examples",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn messages_round_trip_broadcast_and_refuse_an_oversize_one() {
+    let out = Command::new(example("messages")).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for check in [
+        "ok: round trip primary -> worker -> primary",
+        "ok: broadcast reached every worker",
+        "ok: every worker answered the broadcast",
+        "ok: a message of exactly MAX_MESSAGE bytes round-trips",
+        "ok: primary refuses an over-size message",
+        "ok: worker refuses an over-size message",
+        "ok: all checks passed",
+    ] {
+        assert!(stdout.contains(check), "missing {check:?} in:\n{stdout}");
+    }
+}
