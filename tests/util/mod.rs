@@ -435,3 +435,8 @@ pub fn summary(failures: &[String]) -> String {
     let shown: Vec<String> = kinds.iter().take(5).map(|(k, n)| format!("{n} x {k}")).collect();
     format!("{} failures: {}", failures.len(), shown.join("; "))
 }
+
+/// The `pid=` field of a log line.
+pub fn pid_of_log(line: &str) -> u32 {
+    field(line, "pid").unwrap_or_else(|| panic!("no pid= in {line:?}"))
+}
