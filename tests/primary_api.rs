@@ -1,4 +1,5 @@
-//! Messages both ways, run as `examples/messages.rs` in its own process (it forks).
+//! The cluster API from a primary's code — messages both ways and worker control — run as the
+//! examples `messages` and `control`, each in its own process (they fork).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -27,6 +28,24 @@ fn messages_round_trip_broadcast_and_refuse_an_oversize_one() {
         "ok: a message of exactly MAX_MESSAGE bytes round-trips",
         "ok: primary refuses an over-size message",
         "ok: worker refuses an over-size message",
+        "ok: all checks passed",
+    ] {
+        assert!(stdout.contains(check), "missing {check:?} in:\n{stdout}");
+    }
+}
+
+#[test]
+fn workers_can_be_listed_disconnected_and_killed_from_code() {
+    let out = Command::new(example("control")).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for check in [
+        "ok: three live workers",
+        "ok: disconnect: worker 0 exited 0, exited_after_disconnect",
+        "ok: a disconnected worker is not replaced",
+        "ok: kill(SIGTERM): worker 1 died of SIGTERM, exited_after_disconnect",
+        "ok: a killed worker is not replaced",
+        "ok: an unknown pid is an error",
         "ok: all checks passed",
     ] {
         assert!(stdout.contains(check), "missing {check:?} in:\n{stdout}");
