@@ -114,35 +114,6 @@ pub fn kill(pid: Pid, signal: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// CPU time used, in seconds (user + system), as reported by [`getrusage(2)`] for `who`
-/// (`RUSAGE_SELF` or `RUSAGE_CHILDREN`), with voluntary context switches.
-///
-/// [`getrusage(2)`]: https://man7.org/linux/man-pages/man2/getrusage.2.html
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Usage {
-    /// User CPU seconds.
-    pub user_s: f64,
-    /// System CPU seconds.
-    pub system_s: f64,
-    /// Voluntary context switches (`ru_nvcsw`): how often the process slept waiting for
-    /// something — for an idle worker, how often the kernel woke it.
-    pub voluntary_switches: u64,
-}
-
-/// Reads [`Usage`] of this process (`children == false`) or of its waited-for children.
-pub fn usage(children: bool) -> Usage {
-    let who = if children { libc::RUSAGE_CHILDREN } else { libc::RUSAGE_SELF };
-    // SAFETY: an all-zero rusage is a valid value; getrusage writes into it and cannot fail with
-    // a valid `who` and pointer.
-    let ru = unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(who, &mut ru);
-        ru
-    };
-    let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    Usage { user_s: secs(ru.ru_utime), system_s: secs(ru.ru_stime), voluntary_switches: ru.ru_nvcsw as u64 }
-}
-
 /// Corresponds to `waitpid(pid, WNOHANG)`: reaps `pid` if it has ended.
 pub fn reap(pid: Pid) -> io::Result<Option<ExitStatus>> {
     loop {

@@ -46,16 +46,7 @@ pub struct Stopped {
 impl Serve {
     /// Starts `herd serve ARGS` and waits until `workers` workers report `listening`.
     pub fn start(args: &[&str], workers: usize) -> Serve {
-        let child = Command::new(env!("CARGO_BIN_EXE_herd"))
-            .arg("serve")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .expect("spawn herd serve");
-        Serve::from_child(child, workers)
+        Serve::from_child(spawn_serve(args), workers)
     }
 
     /// Takes over a `herd serve` started some other way (through a shell that `exec`s it, say),
@@ -70,16 +61,7 @@ impl Serve {
     /// Starts `herd serve ARGS` and returns once it is bound, without waiting for workers (for
     /// clusters whose workers never become ready).
     pub fn start_unready(args: &[&str]) -> Serve {
-        let child = Command::new(env!("CARGO_BIN_EXE_herd"))
-            .arg("serve")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .expect("spawn herd serve");
-        Serve::from_child(child, 0)
+        Serve::from_child(spawn_serve(args), 0)
     }
 
     fn from_child(mut child: Child, workers: usize) -> Serve {
@@ -212,6 +194,19 @@ impl Drop for Serve {
             let _ = child.wait();
         }
     }
+}
+
+/// `herd serve ARGS` in its own process group, with piped output.
+fn spawn_serve(args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_herd"))
+        .arg("serve")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("spawn herd serve")
 }
 
 pub fn pid(raw: u32) -> Pid {
