@@ -327,10 +327,19 @@ impl Channel {
             self.buf = vec![0; MAX_FRAME];
         }
         let buf = &mut self.buf[..];
-        let r = fdpass::recv_with_fds(self.fd.as_fd(), buf, nonblocking).map_err(|e| match e.raw_os_error() {
-            Some(libc::ECONNRESET) => ChannelError::Closed,
-            _ => ChannelError::Io(e),
-        })?;
+        let r = match fdpass::recv_with_fds(self.fd.as_fd(), buf, nonblocking) {
+            Ok(r) => r,
+            // A peer that closed its end with frames still unread in it leaves ECONNRESET
+            // pending on ours — reported once, *before* the frames it sent us, which are still
+            // queued. Those matter (a dead worker's last acks), so read on: the next call
+            // returns them, and end of file after them.
+            Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => fdpass::recv_with_fds(self.fd.as_fd(), buf, true)
+                .map_err(|e| match e.raw_os_error() {
+                Some(libc::EAGAIN | libc::ECONNRESET) => ChannelError::Closed,
+                _ => ChannelError::Io(e),
+            })?,
+            Err(e) => return Err(ChannelError::Io(e)),
+        };
         // From here on, returning early drops `r.fds`, which closes whatever arrived.
         if r.truncated {
             return Err(ChannelError::Truncated);

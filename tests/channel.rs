@@ -611,3 +611,18 @@ fn try_recv_on_an_empty_channel_is_none() {
     drop(a);
     assert!(matches!(b.try_recv(), Err(ChannelError::Closed)));
 }
+
+#[test]
+fn frames_sent_before_a_reset_are_still_received() {
+    let _guard = serial();
+    let (mut a, b) = Channel::pair().unwrap();
+    // B sends two frames to A, then closes with a frame from A still unread in it: Linux then
+    // leaves ECONNRESET pending on A, ahead of B's frames.
+    b.send(&Message::Ack { count: 1 }, &[]).unwrap();
+    b.send(&Message::Ack { count: 2 }, &[]).unwrap();
+    a.send(&Message::Ping, &[]).unwrap();
+    drop(b);
+    assert_eq!(a.recv().unwrap().message, Message::Ack { count: 1 });
+    assert_eq!(a.try_recv().unwrap().unwrap().message, Message::Ack { count: 2 });
+    assert!(matches!(a.recv(), Err(ChannelError::Closed)));
+}
