@@ -1,0 +1,827 @@
+//! The whole `herd bench` matrix, repeated: the median of R runs and how far they spread.
+//!
+//! One `herd bench` run measures every mode and accept strategy under a light and a saturating
+//! load, once. On a small shared machine one run is noisy — a neighbour's compile, a timer tick
+//! landing on the wrong core — so a difference of 10 % between two rows can be luck. This bench
+//! runs `herd bench --json` R times (3 by default), groups the result lines by
+//! `(mode, accept, load)` and prints, per group, the median of each figure and the spread of
+//! requests/s, `(max - min) / median`: a difference between rows smaller than their spread is
+//! not a finding. Medians rather than means, because one disturbed run should not move the
+//! figure.
+//!
+//! The columns: requests/s (median, min–max, spread), p50 and p99 latency in µs, kernel wakeups
+//! (`kwake/acc`: the workers' voluntary context switches) and user-space wakeups (`uwake/acc`:
+//! `epoll_wait` returns) per accepted connection — the herd shows in the first, not the second —
+//! Jain's fairness index over the workers, server CPU µs per request, and the failed requests
+//! summed over all runs. Every figure but `fail` is the median over the runs.
+//!
+//! ```text
+//! cargo bench --bench matrix                          # 3 full runs
+//! cargo bench --bench matrix -- --quick --repeat 5    # 5 quick runs
+//! cargo bench --bench matrix -- --workers 8 --rows handoff,reuseport --loads light
+//! cargo bench --bench matrix -- --self-test           # check the parser and the statistics
+//! ```
+//!
+//! `--quick` (or `HERD_BENCH_QUICK=1`), `--workers N`, `--rows LIST`, `--loads LIST`,
+//! `--requests N`, `--light-requests N`, `--saturating-connections N` and `--no-defer-accept` are
+//! passed to `herd bench`. `--timeout SECS` bounds each run (default 600, or 300 with
+//! `--quick`; a run took 14 s, or 5 s quick, on the project's 2-core machine with 4 workers):
+//! past it the run's whole process tree is stopped (SIGTERM, then SIGKILL) and the run counts as
+//! failed. Other arguments (cargo passes `--bench`) are ignored.
+//!
+//! The JSON is read by a small parser for flat objects (strings, numbers, booleans, null and
+//! arrays of numbers; nested values are skipped), so the bench needs no JSON crate. With
+//! `harness = false`, `#[test]` functions are never compiled, so the checks are ordinary
+//! functions in [`self_test`], run by `--self-test` and whenever the bench runs without
+//! `--bench` — which is how `cargo test --all-targets` runs it.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal};
+
+/// One JSON value of a flat object.
+#[derive(Debug, Clone, PartialEq)]
+enum Value {
+    Str(String),
+    Num(f64),
+    Bool(bool),
+    Null,
+    /// An array of numbers.
+    Nums(Vec<f64>),
+    /// A nested object, or an array holding anything but numbers: checked, then skipped.
+    Nested,
+}
+
+impl Value {
+    fn num(&self) -> Option<f64> {
+        match self {
+            Value::Num(x) => Some(*x),
+            _ => None,
+        }
+    }
+
+    /// The value as a table cell: strings bare, null as `-`.
+    fn label(&self) -> String {
+        match self {
+            Value::Str(s) => s.clone(),
+            Value::Num(x) => x.to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::Null => "-".to_owned(),
+            Value::Nums(_) | Value::Nested => "?".to_owned(),
+        }
+    }
+}
+
+/// A parsed object: its members in order.
+type Object = Vec<(String, Value)>;
+
+fn get<'a>(object: &'a Object, key: &str) -> Option<&'a Value> {
+    // A repeated key: the last one wins, as in most JSON readers.
+    object.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
+/// Parses one JSON object (one line of `herd bench --json`).
+fn parse_object(text: &str) -> Result<Object, String> {
+    let mut p = Parser { s: text.as_bytes(), pos: 0 };
+    p.ws();
+    p.expect(b'{')?;
+    let mut members = Vec::new();
+    p.ws();
+    if !p.eat(b'}') {
+        loop {
+            p.ws();
+            let key = p.string()?;
+            p.ws();
+            p.expect(b':')?;
+            p.ws();
+            members.push((key, p.value(0)?));
+            p.ws();
+            if p.eat(b'}') {
+                break;
+            }
+            p.expect(b',')?;
+        }
+    }
+    p.ws();
+    if p.pos != p.s.len() {
+        return Err(p.error("content after the object"));
+    }
+    Ok(members)
+}
+
+struct Parser<'a> {
+    s: &'a [u8],
+    pos: usize,
+}
+
+impl Parser<'_> {
+    fn error(&self, what: &str) -> String {
+        format!("JSON: {what} at byte {}", self.pos)
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.pos).copied()
+    }
+
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.pos += 1;
+        }
+    }
+
+    fn eat(&mut self, b: u8) -> bool {
+        let hit = self.peek() == Some(b);
+        self.pos += hit as usize;
+        hit
+    }
+
+    fn expect(&mut self, b: u8) -> Result<(), String> {
+        if self.eat(b) { Ok(()) } else { Err(self.error(&format!("expected '{}'", b as char))) }
+    }
+
+    fn literal(&mut self, word: &str, value: Value) -> Result<Value, String> {
+        if self.s[self.pos..].starts_with(word.as_bytes()) {
+            self.pos += word.len();
+            Ok(value)
+        } else {
+            Err(self.error("unknown literal"))
+        }
+    }
+
+    /// A value; `depth` counts the objects and arrays around it (flat objects are depth 0).
+    fn value(&mut self, depth: usize) -> Result<Value, String> {
+        if depth > 64 {
+            return Err(self.error("nested too deeply"));
+        }
+        match self.peek() {
+            Some(b'"') => Ok(Value::Str(self.string()?)),
+            Some(b'-' | b'0'..=b'9') => Ok(Value::Num(self.number()?)),
+            Some(b't') => self.literal("true", Value::Bool(true)),
+            Some(b'f') => self.literal("false", Value::Bool(false)),
+            Some(b'n') => self.literal("null", Value::Null),
+            Some(b'[') => self.array(depth),
+            Some(b'{') => {
+                self.pos += 1;
+                self.ws();
+                if !self.eat(b'}') {
+                    loop {
+                        self.ws();
+                        self.string()?;
+                        self.ws();
+                        self.expect(b':')?;
+                        self.ws();
+                        self.value(depth + 1)?;
+                        self.ws();
+                        if self.eat(b'}') {
+                            break;
+                        }
+                        self.expect(b',')?;
+                    }
+                }
+                Ok(Value::Nested)
+            }
+            _ => Err(self.error("expected a value")),
+        }
+    }
+
+    fn array(&mut self, depth: usize) -> Result<Value, String> {
+        self.expect(b'[')?;
+        let mut nums = Some(Vec::new());
+        self.ws();
+        if !self.eat(b']') {
+            loop {
+                self.ws();
+                match self.value(depth + 1)? {
+                    Value::Num(x) => nums.iter_mut().for_each(|v| v.push(x)),
+                    _ => nums = None,
+                }
+                self.ws();
+                if self.eat(b']') {
+                    break;
+                }
+                self.expect(b',')?;
+            }
+        }
+        Ok(nums.map_or(Value::Nested, Value::Nums))
+    }
+
+    /// A number, by JSON's grammar: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+    fn number(&mut self) -> Result<f64, String> {
+        let start = self.pos;
+        self.eat(b'-');
+        let digits = |p: &mut Self| {
+            let from = p.pos;
+            while matches!(p.peek(), Some(b'0'..=b'9')) {
+                p.pos += 1;
+            }
+            p.pos - from
+        };
+        match self.peek() {
+            Some(b'0') => self.pos += 1,
+            Some(b'1'..=b'9') => {
+                digits(self);
+            }
+            _ => return Err(self.error("expected a digit")),
+        }
+        if self.eat(b'.') && digits(self) == 0 {
+            return Err(self.error("expected a digit after '.'"));
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            self.pos += 1;
+            if !self.eat(b'+') {
+                self.eat(b'-');
+            }
+            if digits(self) == 0 {
+                return Err(self.error("expected an exponent"));
+            }
+        }
+        let text = std::str::from_utf8(&self.s[start..self.pos]).expect("ASCII");
+        text.parse().map_err(|_| self.error("bad number"))
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        self.expect(b'"')?;
+        let mut out = Vec::new();
+        loop {
+            let Some(b) = self.peek() else { return Err(self.error("unterminated string")) };
+            self.pos += 1;
+            match b {
+                b'"' => break,
+                b'\\' => {
+                    let Some(e) = self.peek() else { return Err(self.error("unterminated string")) };
+                    self.pos += 1;
+                    let c = match e {
+                        b'"' => '"',
+                        b'\\' => '\\',
+                        b'/' => '/',
+                        b'b' => '\u{8}',
+                        b'f' => '\u{c}',
+                        b'n' => '\n',
+                        b'r' => '\r',
+                        b't' => '\t',
+                        b'u' => self.unicode_escape()?,
+                        _ => return Err(self.error("bad escape")),
+                    };
+                    out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                }
+                0..0x20 => return Err(self.error("control character in string")),
+                // Any other byte, multi-byte UTF-8 included, is copied: the input is a `str`.
+                _ => out.push(b),
+            }
+        }
+        String::from_utf8(out).map_err(|_| self.error("invalid UTF-8"))
+    }
+
+    /// The `XXXX` of `\uXXXX`, and a second `\uXXXX` when the first is a high surrogate.
+    fn unicode_escape(&mut self) -> Result<char, String> {
+        let hi = self.hex4()?;
+        let code = if (0xD800..0xDC00).contains(&hi) {
+            if !(self.eat(b'\\') && self.eat(b'u')) {
+                return Err(self.error("lone surrogate"));
+            }
+            let lo = self.hex4()?;
+            if !(0xDC00..0xE000).contains(&lo) {
+                return Err(self.error("lone surrogate"));
+            }
+            0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+        } else {
+            hi
+        };
+        char::from_u32(code).ok_or_else(|| self.error("lone surrogate"))
+    }
+
+    fn hex4(&mut self) -> Result<u32, String> {
+        let hex = self.s.get(self.pos..self.pos + 4).ok_or_else(|| self.error("short \\u escape"))?;
+        let text = std::str::from_utf8(hex).map_err(|_| self.error("bad \\u escape"))?;
+        let code = u32::from_str_radix(text, 16).map_err(|_| self.error("bad \\u escape"))?;
+        self.pos += 4;
+        Ok(code)
+    }
+}
+
+/// The median: the middle value, or the mean of the two middle ones; `None` for no values.
+fn median(values: &[f64]) -> Option<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+fn min_max(values: &[f64]) -> Option<(f64, f64)> {
+    let min = values.iter().copied().min_by(f64::total_cmp)?;
+    let max = values.iter().copied().max_by(f64::total_cmp)?;
+    Some((min, max))
+}
+
+/// The relative spread `(max - min) / median`; `None` without values or with a zero median.
+fn spread(values: &[f64]) -> Option<f64> {
+    let (min, max) = min_max(values)?;
+    let m = median(values)?;
+    (m != 0.0).then(|| (max - min) / m)
+}
+
+/// The keys every result line must have.
+const KEYS: [&str; 11] = [
+    "mode",
+    "accept",
+    "load",
+    "rps",
+    "p50_us",
+    "p99_us",
+    "wakeups_per_accept",
+    "epoll_returns_per_accept",
+    "jain",
+    "cpu_us_per_request",
+    "failures",
+];
+
+/// The result lines of all runs, grouped by `(mode, accept, load)` in order of first appearance.
+#[derive(Debug, Default)]
+struct Groups {
+    keys: Vec<(String, String, String)>,
+    runs: HashMap<(String, String, String), Vec<Object>>,
+}
+
+impl Groups {
+    /// Adds one result line; returns the expected keys it lacks (it is added anyway, if it has
+    /// a mode and a load).
+    fn add(&mut self, object: Object) -> Result<Vec<&'static str>, String> {
+        let missing: Vec<&str> = KEYS.into_iter().filter(|k| get(&object, k).is_none()).collect();
+        let label = |k| get(&object, k).map(Value::label);
+        let (Some(mode), Some(load)) = (label("mode"), label("load")) else {
+            return Err("a line without \"mode\" or \"load\"".to_owned());
+        };
+        let key = (mode, label("accept").unwrap_or_else(|| "-".to_owned()), load);
+        if !self.runs.contains_key(&key) {
+            self.keys.push(key.clone());
+        }
+        self.runs.entry(key).or_default().push(object);
+        Ok(missing)
+    }
+
+    /// The numbers one key takes over a group's runs (nulls and missing keys left out).
+    fn column(runs: &[Object], key: &str) -> Vec<f64> {
+        runs.iter().filter_map(|o| get(o, key).and_then(Value::num)).collect()
+    }
+
+    fn table(&self) -> String {
+        let mut out = row(COLUMNS.map(|(name, _)| name.to_owned()));
+        for key in &self.keys {
+            let runs = &self.runs[key];
+            let col = |k: &str| Groups::column(runs, k);
+            let med = |k: &str, decimals: usize| cell(median(&col(k)), decimals);
+            let rps = col("rps");
+            let failures = col("failures");
+            out += &row([
+                key.0.clone(),
+                key.1.clone(),
+                key.2.clone(),
+                runs.len().to_string(),
+                med("rps", 0),
+                min_max(&rps).map_or("-".to_owned(), |(lo, hi)| format!("{lo:.0}-{hi:.0}")),
+                spread(&rps).map_or("-".to_owned(), |s| format!("{:.1}%", s * 100.0)),
+                med("p50_us", 0),
+                med("p99_us", 0),
+                med("wakeups_per_accept", 2),
+                med("epoll_returns_per_accept", 2),
+                med("jain", 3),
+                med("cpu_us_per_request", 1),
+                if failures.is_empty() { "-".to_owned() } else { failures.iter().sum::<f64>().to_string() },
+            ]);
+        }
+        out
+    }
+}
+
+/// The table's columns and their widths (negative: left-aligned). `kwake` are kernel wakeups
+/// (voluntary context switches), `uwake` user-space ones (`epoll_wait` returns), as in herd
+/// bench's own table.
+const COLUMNS: [(&str, isize); 14] = [
+    ("mode", -9),
+    ("accept", -15),
+    ("load", -10),
+    ("runs", 4),
+    ("req/s", 7),
+    ("min-max", 13),
+    ("spread", 6),
+    ("p50 us", 7),
+    ("p99 us", 7),
+    ("kwake/acc", 9),
+    ("uwake/acc", 9),
+    ("Jain", 6),
+    ("us/req", 6),
+    ("fail", 5),
+];
+
+fn row(cells: [String; 14]) -> String {
+    let mut line = String::new();
+    for ((_, width), text) in COLUMNS.iter().zip(cells) {
+        let w = width.unsigned_abs();
+        if *width < 0 {
+            line += &format!("{text:<w$} ");
+        } else {
+            line += &format!("{text:>w$} ");
+        }
+    }
+    line.truncate(line.trim_end().len());
+    line + "\n"
+}
+
+fn cell(x: Option<f64>, decimals: usize) -> String {
+    x.map_or("-".to_owned(), |x| format!("{x:.decimals$}"))
+}
+
+/// What went wrong in one cell, as herd bench reports it: its `error`, or counts that disagree
+/// (`"consistent": false`).
+fn problem(object: &Object) -> Option<String> {
+    let cell = ["mode", "accept", "load"].map(|k| get(object, k).map_or("-".to_owned(), Value::label)).join(" ");
+    match (get(object, "error"), get(object, "consistent")) {
+        (Some(Value::Str(e)), _) => Some(format!("{cell}: {e}")),
+        (_, Some(Value::Bool(false))) => Some(format!("{cell}: inconsistent counts (server accepts != requests)")),
+        _ => None,
+    }
+}
+
+/// What one `herd bench` run printed on stdout, and how it ended.
+struct RunOutput {
+    objects: Vec<Object>,
+    /// Why the run failed (exit status, timeout), if it did; its lines are kept all the same.
+    failure: Option<String>,
+}
+
+/// Runs `herd bench --json ARGS` once, reading its stdout as it comes; past `timeout`, stops the
+/// run and every process under it.
+fn run_bench(args: &[String], timeout: Duration) -> Result<RunOutput, String> {
+    let exe = env!("CARGO_BIN_EXE_herd");
+    let mut child = Command::new(exe)
+        .arg("bench")
+        .arg("--json")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("spawning {exe} bench: {e}"))?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (lines, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + timeout;
+    let mut objects = Vec::new();
+    let mut stdout_open = true;
+    let mut exited: Option<(std::process::ExitStatus, Instant)> = None;
+    loop {
+        if stdout_open {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(Ok(line)) if line.trim_start().starts_with('{') => match parse_object(&line) {
+                    Ok(object) => objects.push(object),
+                    Err(e) => eprintln!("matrix: skipping a line of herd bench: {e}: {line}"),
+                },
+                // Anything that is not a JSON object is herd bench talking to a person: pass it on.
+                Ok(Ok(line)) => eprintln!("{line}"),
+                Ok(Err(e)) => eprintln!("matrix: reading herd bench's stdout: {e}"),
+                Err(RecvTimeoutError::Disconnected) => stdout_open = false,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        } else {
+            thread::sleep(Duration::from_millis(100));
+        }
+        if exited.is_none() {
+            let status = child.try_wait().map_err(|e| format!("waitpid(herd bench): {e}"))?;
+            exited = status.map(|s| (s, Instant::now()));
+        }
+        match exited {
+            // Done once stdout is closed too; a process left over from the run may hold it
+            // open after herd bench has exited, so that wait is short.
+            Some((status, at)) if !stdout_open || at.elapsed() > Duration::from_secs(5) => {
+                let failure = (!status.success()).then(|| format!("herd bench exited with {status}"));
+                return Ok(RunOutput { objects, failure });
+            }
+            Some(_) => {}
+            None if Instant::now() > deadline => {
+                stop_tree(&mut child);
+                let failure = Some(format!("timed out after {} s; stopped", timeout.as_secs()));
+                return Ok(RunOutput { objects, failure });
+            }
+            None => {}
+        }
+    }
+}
+
+/// Stops a run that overstayed: SIGTERM to herd bench, SIGKILL if it is still there after five
+/// seconds, and SIGKILL to every process that was under it and is still alive. herd bench starts
+/// each server in a process group of its own, so killing herd bench's group would not reach
+/// them; the tree is taken from `/proc` before anything is killed, and each process is checked
+/// by its start time before the kill, so a recycled pid is never hit.
+fn stop_tree(child: &mut std::process::Child) {
+    let tree = descendants(child.id());
+    let pid = |raw: u32| Pid::from_raw(raw as i32).expect("a child's pid is positive");
+    let _ = rustix::process::kill_process(pid(child.id()), Signal::TERM);
+    let grace = Instant::now() + Duration::from_secs(5);
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < grace {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    for (raw, started) in tree {
+        if proc_stat(raw).is_some_and(|(_, s)| s == started) {
+            let _ = rustix::process::kill_process(pid(raw), Signal::KILL);
+        }
+    }
+}
+
+/// Every process under `root`, with its start time: `(pid, starttime)`.
+fn descendants(root: u32) -> Vec<(u32, u64)> {
+    let mut children: HashMap<u32, Vec<(u32, u64)>> = HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(raw) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if let Some((parent, started)) = proc_stat(raw) {
+            children.entry(parent).or_default().push((raw, started));
+        }
+    }
+    let mut out = Vec::new();
+    let mut todo = vec![root];
+    while let Some(p) = todo.pop() {
+        for &(c, started) in children.get(&p).into_iter().flatten() {
+            out.push((c, started));
+            todo.push(c);
+        }
+    }
+    out
+}
+
+/// A process's parent pid and start time, from `/proc/PID/stat` (fields 4 and 22; the command
+/// name, field 2, is in parentheses and may hold spaces, so fields are counted from the last `)`).
+fn proc_stat(pid: u32) -> Option<(u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+}
+
+struct Options {
+    repeat: usize,
+    quick: bool,
+    /// Arguments passed to `herd bench`.
+    pass: Vec<String>,
+    timeout: Option<Duration>,
+    self_test: bool,
+}
+
+fn options() -> Result<Options, String> {
+    // Without `--bench` this runs under `cargo test`: the self-test only.
+    let mut o = Options { repeat: 3, quick: false, pass: Vec::new(), timeout: None, self_test: true };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "--bench" => o.self_test = false,
+            "--self-test" => return Ok(Options { self_test: true, ..o }),
+            "--quick" => {
+                o.quick = true;
+                o.pass.push(arg);
+            }
+            "--repeat" => {
+                o.repeat = value("--repeat")?.parse().map_err(|e| format!("--repeat: {e}"))?;
+                if o.repeat == 0 {
+                    return Err("--repeat: at least 1".to_owned());
+                }
+            }
+            "--timeout" => {
+                let secs: u64 = value("--timeout")?.parse().map_err(|e| format!("--timeout: {e}"))?;
+                o.timeout = Some(Duration::from_secs(secs));
+            }
+            "--no-defer-accept" => o.pass.push(arg),
+            "--workers"
+            | "-w"
+            | "--rows"
+            | "--loads"
+            | "--requests"
+            | "-n"
+            | "--light-requests"
+            | "--saturating-connections" => {
+                let v = value(&arg)?;
+                o.pass.extend([arg, v]);
+            }
+            _ => {}
+        }
+    }
+    if !o.quick && std::env::var("HERD_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0") {
+        o.quick = true;
+        o.pass.push("--quick".to_owned());
+    }
+    Ok(o)
+}
+
+fn main() -> ExitCode {
+    let o = match options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("matrix: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if o.self_test {
+        print!("{}", self_test::run());
+        println!("matrix: self-test passed (run with `cargo bench --bench matrix` for the real matrix)");
+        return ExitCode::SUCCESS;
+    }
+    let timeout = o.timeout.unwrap_or(Duration::from_secs(if o.quick { 300 } else { 600 }));
+    println!("herd bench --json {} : {} run(s), each bounded to {} s", o.pass.join(" "), o.repeat, timeout.as_secs());
+    let mut groups = Groups::default();
+    let mut failures = 0;
+    let mut warned = Vec::new();
+    let mut problems = Vec::new();
+    for i in 1..=o.repeat {
+        let start = Instant::now();
+        let run = match run_bench(&o.pass, timeout) {
+            Ok(run) => run,
+            Err(e) => {
+                eprintln!("matrix: run {i}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let lines = run.objects.len();
+        for object in run.objects {
+            if let Some(problem) = problem(&object) {
+                problems.push(format!("run {i}: {problem}"));
+            }
+            match groups.add(object) {
+                Ok(missing) => {
+                    for key in missing {
+                        if !warned.contains(&key) {
+                            eprintln!("matrix: herd bench's lines lack {key:?}; its column shows '-'");
+                            warned.push(key);
+                        }
+                    }
+                }
+                Err(e) => eprintln!("matrix: run {i}: skipping {e}"),
+            }
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        match run.failure {
+            Some(why) => {
+                failures += 1;
+                eprintln!("matrix: run {i}/{}: {why} ({lines} result lines kept, {elapsed:.0} s)", o.repeat);
+            }
+            None => eprintln!("matrix: run {i}/{}: {lines} result lines in {elapsed:.0} s", o.repeat),
+        }
+    }
+    println!();
+    print!("{}", groups.table());
+    println!();
+    println!("median of the runs per (mode, accept, load); spread = (max - min) / median of rps; failures summed");
+    for p in &problems {
+        println!("  {p}");
+    }
+    if failures > 0 || groups.keys.is_empty() {
+        eprintln!("matrix: {failures} of {} runs failed", o.repeat);
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// The bench's unit tests: plain functions (see the file's documentation for why), run by
+/// `--self-test` and under `cargo test`.
+mod self_test {
+    use super::*;
+
+    /// Runs every check; returns the table made from the fake sample, to look at.
+    pub fn run() -> String {
+        parses_a_flat_object();
+        parses_escapes_and_skips_nested_values();
+        rejects_malformed_json();
+        computes_median_and_spread();
+        groups_runs_and_prints_a_table()
+    }
+
+    fn parses_a_flat_object() {
+        let o = parse_object(
+            r#" {"mode":"shared","accept":null,"load":"light","rps":1234.5,"p99_us":-2e3,"ok":true,"no":false,"per_worker":[1, 2.5 ,-3e-1],"empty":[]} "#,
+        )
+        .unwrap();
+        assert_eq!(get(&o, "mode"), Some(&Value::Str("shared".into())));
+        assert_eq!(get(&o, "accept"), Some(&Value::Null));
+        assert_eq!(get(&o, "rps"), Some(&Value::Num(1234.5)));
+        assert_eq!(get(&o, "p99_us"), Some(&Value::Num(-2000.0)));
+        assert_eq!(get(&o, "ok"), Some(&Value::Bool(true)));
+        assert_eq!(get(&o, "no"), Some(&Value::Bool(false)));
+        assert_eq!(get(&o, "per_worker"), Some(&Value::Nums(vec![1.0, 2.5, -0.3])));
+        assert_eq!(get(&o, "empty"), Some(&Value::Nums(vec![])));
+        assert_eq!(get(&o, "missing"), None);
+        assert_eq!(parse_object("{}").unwrap(), vec![]);
+        assert_eq!(parse_object(r#"{"a":1,"a":2}"#).map(|o| get(&o, "a").cloned()), Ok(Some(Value::Num(2.0))));
+        assert_eq!(parse_object(r#"{"z":0,"y":-0.5E+2}"#).unwrap()[1].1, Value::Num(-50.0));
+    }
+
+    fn parses_escapes_and_skips_nested_values() {
+        let o = parse_object(
+            r#"{"s":"a\"b\\c\/d\n\t\u00e9\ud83d\ude00é","errors":{"connect":0,"x":[{"y":[]}]},"mixed":[1,"two"]}"#,
+        )
+        .unwrap();
+        assert_eq!(get(&o, "s"), Some(&Value::Str("a\"b\\c/d\n\té😀é".into())));
+        assert_eq!(get(&o, "errors"), Some(&Value::Nested));
+        assert_eq!(get(&o, "mixed"), Some(&Value::Nested));
+    }
+
+    fn rejects_malformed_json() {
+        for bad in [
+            "",
+            "[1]",
+            "{",
+            r#"{"a":1,}"#,
+            r#"{"a" 1}"#,
+            r#"{a:1}"#,
+            r#"{"a":01}"#,
+            r#"{"a":1.}"#,
+            r#"{"a":1e}"#,
+            r#"{"a":-}"#,
+            r#"{"a":tru}"#,
+            r#"{"a":"x}"#,
+            r#"{"a":"\q"}"#,
+            r#"{"a":"\ud800"}"#,
+            r#"{"a":"\u12"}"#,
+            "{\"a\":\"tab\there\"}",
+            r#"{"a":1} x"#,
+            r#"{"a":[1,]}"#,
+            r#"{"a":{"b":1}"#,
+        ] {
+            assert!(parse_object(bad).is_err(), "accepted {bad:?}");
+        }
+        let err = parse_object(r#"{"a":1,}"#).unwrap_err();
+        assert!(err.contains("byte 7"), "{err}");
+        let deep = format!("{{\"a\":{}{}}}", "[".repeat(100), "]".repeat(100));
+        assert!(parse_object(&deep).is_err());
+    }
+
+    fn computes_median_and_spread() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0]), Some(3.0));
+        assert_eq!(median(&[5.0, 1.0, 3.0]), Some(3.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(min_max(&[2.0, -1.0, 7.0]), Some((-1.0, 7.0)));
+        assert_eq!(spread(&[90.0, 100.0, 110.0]), Some(0.2));
+        assert_eq!(spread(&[100.0]), Some(0.0));
+        assert_eq!(spread(&[0.0, 0.0]), None);
+        assert_eq!(spread(&[]), None);
+    }
+
+    fn groups_runs_and_prints_a_table() -> String {
+        let line = |mode: &str, accept: &str, load: &str, rps: f64, jain: &str| {
+            format!(
+                r#"{{"mode":"{mode}","accept":{accept},"load":"{load}","rps":{rps},"p50_us":50,"p99_us":{p99},"wakeups_per_accept":8.6,"epoll_returns_per_accept":1.08,"jain":{jain},"cpu_us_per_request":12.5,"failures":1,"per_worker":[1,2]}}"#,
+                p99 = rps / 10.0
+            )
+        };
+        let mut groups = Groups::default();
+        for (i, rps) in [1000.0, 1200.0, 900.0].into_iter().enumerate() {
+            assert_eq!(
+                groups.add(parse_object(&line("shared", "\"epoll\"", "light", rps, "0.5")).unwrap()),
+                Ok(vec![])
+            );
+            let jain = if i == 0 { "null" } else { "1" };
+            groups.add(parse_object(&line("handoff", "null", "light", rps * 2.0, jain)).unwrap()).unwrap();
+        }
+        groups.add(parse_object(r#"{"mode":"reuseport","load":"saturating","rps":5}"#).unwrap()).unwrap();
+        assert!(groups.add(parse_object(r#"{"rps":5}"#).unwrap()).is_err());
+        let cell = |json: &str| problem(&parse_object(json).unwrap());
+        assert_eq!(cell(r#"{"mode":"handoff","accept":null,"load":"light","error":null,"consistent":true}"#), None);
+        assert_eq!(
+            cell(r#"{"mode":"handoff","accept":null,"load":"light","error":"server died","consistent":true}"#).unwrap(),
+            "handoff - light: server died"
+        );
+        assert!(cell(r#"{"mode":"reuseport","load":"light","consistent":false}"#).unwrap().contains("inconsistent"));
+        assert_eq!(groups.keys.len(), 3);
+        let table = groups.table();
+        let rows: Vec<&str> = table.lines().collect();
+        assert_eq!(rows.len(), 4, "{table}");
+        let cells = |row: &str| row.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(
+            cells(rows[1]),
+            [
+                "shared", "epoll", "light", "3", "1000", "900-1200", "30.0%", "50", "100", "8.60", "1.08", "0.500",
+                "12.5", "3"
+            ]
+        );
+        assert_eq!(cells(rows[2])[..7], ["handoff", "-", "light", "3", "2000", "1800-2400", "30.0%"]);
+        assert_eq!(cells(rows[2])[11], "1.000", "a null Jain is left out of the median");
+        assert_eq!(
+            cells(rows[3]),
+            ["reuseport", "-", "saturating", "1", "5", "5-5", "0.0%", "-", "-", "-", "-", "-", "-", "-"]
+        );
+        table
+    }
+}
