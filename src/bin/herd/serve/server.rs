@@ -129,8 +129,10 @@ struct Conn {
     /// Requests answered on this connection: a connection with none yet is not idle, its first
     /// request is on its way.
     answered: u64,
-    /// Registered for writability (a response did not fit the socket buffer).
-    want_write: bool,
+    /// How the connection is registered for readiness: `None` not yet (a connection answered
+    /// and closed on arrival never is), `Some(true)` for writability too (a response did not fit
+    /// the socket buffer).
+    watched: Option<bool>,
     /// With a delay: `output` is held until then.
     hold_until: Option<Instant>,
 }
@@ -310,13 +312,14 @@ fn on_event(
                 draining: *stopping,
                 unreported: 0,
                 answered: 0,
-                want_write: false,
+                watched: None,
                 hold_until: None,
             };
             let token = conns.insert(conn);
             let conn = conns.slots[token].as_mut().expect("just inserted");
-            registry.add(&conn.stream, token, Interest::READABLE)?;
-            // The request usually arrives with the connection: try it now, saving a wakeup.
+            // The request usually arrives with the connection (always, with TCP_DEFER_ACCEPT):
+            // serve it now, and register the connection only if it stays open — saving a wakeup
+            // and, for a `Connection: close` request, both `epoll_ctl` calls.
             if let Next::Close = serve(registry, conn, token, app)? {
                 conns.remove(token);
             }
@@ -387,7 +390,14 @@ fn serve(registry: &impl Registry, conn: &mut Conn, token: usize, app: &mut App)
                 peer_closed = true;
                 break;
             }
-            Ok(n) => conn.input.extend_from_slice(&chunk[..n]),
+            Ok(n) => {
+                conn.input.extend_from_slice(&chunk[..n]);
+                // A short read emptied the socket: skip the read that would only say EAGAIN.
+                // (Level-triggered epoll reports anything that arrives later.)
+                if n < chunk.len() {
+                    break;
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return Ok(Next::Close),
@@ -418,9 +428,10 @@ fn serve(registry: &impl Registry, conn: &mut Conn, token: usize, app: &mut App)
     }
     conn.input.drain(..consumed);
     if conn.hold_until.is_some() {
+        watch(registry, conn, token)?;
         return Ok(Next::Keep);
     }
-    flush(registry, conn, token)?;
+    flush(conn);
     for _ in 0..std::mem::take(&mut conn.unreported) {
         conn.answered += 1;
         app.answered();
@@ -429,12 +440,12 @@ fn serve(registry: &impl Registry, conn: &mut Conn, token: usize, app: &mut App)
     if conn.output.is_empty() && (conn.closing || peer_closed || conn.draining && idle) {
         return Ok(Next::Close);
     }
+    watch(registry, conn, token)?;
     Ok(Next::Keep)
 }
 
-/// Writes as much of the pending output as the socket takes; watches for writability if some
-/// is left.
-fn flush(registry: &impl Registry, conn: &mut Conn, token: usize) -> io::Result<()> {
+/// Writes as much of the pending output as the socket takes.
+fn flush(conn: &mut Conn) {
     let mut written = 0;
     while written < conn.output.len() {
         match conn.stream.write(&conn.output[written..]) {
@@ -444,20 +455,27 @@ fn flush(registry: &impl Registry, conn: &mut Conn, token: usize) -> io::Result<
             Err(_) => {
                 conn.output.clear();
                 conn.closing = true;
-                return Ok(());
+                return;
             }
         }
     }
     conn.output.drain(..written);
+}
+
+/// Registers a connection that stays open for readability, and for writability while output
+/// is pending; changes the registration only when that changes.
+fn watch(registry: &impl Registry, conn: &mut Conn, token: usize) -> io::Result<()> {
     let want_write = !conn.output.is_empty();
-    if want_write != conn.want_write {
-        let interest = if want_write {
-            Interest { readable: true, writable: true, ..Interest::default() }
-        } else {
-            Interest::READABLE
-        };
-        registry.update(&conn.stream, token, interest)?;
-        conn.want_write = want_write;
+    let interest = if want_write {
+        Interest { readable: true, writable: true, ..Interest::default() }
+    } else {
+        Interest::READABLE
+    };
+    match conn.watched {
+        None => registry.add(&conn.stream, token, interest)?,
+        Some(watching) if watching != want_write => registry.update(&conn.stream, token, interest)?,
+        Some(_) => return Ok(()),
     }
+    conn.watched = Some(want_write);
     Ok(())
 }
