@@ -7,6 +7,7 @@
 //!
 //! Each subcommand lives in its own module and prints its own `--help`.
 
+mod bench;
 mod cli;
 mod load;
 mod serve;
@@ -23,6 +24,7 @@ Usage: herd <COMMAND> [OPTIONS]
 Commands:
   serve    run the demo HTTP/1.1 server on a cluster of workers
   load     an HTTP/1.1 load generator for any server on loopback (like wrk)
+  bench    every mode and accept strategy under a light and a saturating load, in one table
   help     print this message
 
 Run `herd <COMMAND> --help` for a command's options.
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
     match command.as_str() {
         "serve" => serve::main(args),
         "load" => load::main(args),
+        "bench" => bench::main(args),
         "help" => {
             print!("{USAGE}");
             ExitCode::SUCCESS

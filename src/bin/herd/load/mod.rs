@@ -53,9 +53,7 @@ pub use config::{LoadConfig, MAX_CONNECTIONS, MAX_SOURCES, Mode};
 pub use engine::run;
 pub use url::Target;
 // The rest of the in-process API (for `herd bench`); the command line itself does not name them.
-#[allow(unused_imports)]
 pub use fairness::jain;
-#[allow(unused_imports)]
 pub use report::{LoadReport, Percentiles};
 #[allow(unused_imports)]
 pub use stats::{Cause, Errors};

@@ -1,0 +1,227 @@
+//! Machine-readable output: one JSON object per line (`--json`) or CSV with a header (`--csv`).
+//!
+//! Both are rendered from the same [`record`] — a fixed list of keys with values — so they carry
+//! the same data under the same names, and a failed cell has every key too (`null`, or an empty
+//! CSV field), with the reason under `error`. Written by hand: the values are numbers, a few
+//! short strings and one list, which needs escaping and nothing else.
+
+use std::fmt::Write as _;
+
+use super::row::Cell;
+
+/// A value of one key.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    /// A number, already formatted (finite).
+    Number(String),
+    Text(String),
+    Counts(Vec<u64>),
+}
+
+/// A finite number with `decimals` digits after the point; anything else is `null`.
+fn number(v: Option<f64>, decimals: usize) -> Value {
+    match v {
+        Some(v) if v.is_finite() => Value::Number(format!("{v:.decimals$}")),
+        _ => Value::Null,
+    }
+}
+
+fn count(n: u64) -> Value {
+    Value::Number(n.to_string())
+}
+
+/// Every key of a cell, in output order.
+pub fn record(cell: &Cell, defer_accept: bool) -> Vec<(&'static str, Value)> {
+    let mut r = vec![
+        ("mode", Value::Text(cell.row.mode.into())),
+        ("accept", cell.row.accept.map_or(Value::Null, |a| Value::Text(a.into()))),
+        ("workers", count(cell.workers as u64)),
+        ("load", Value::Text(cell.load.kind.as_str().into())),
+        ("connections", count(cell.load.connections as u64)),
+        ("defer_accept", Value::Bool(defer_accept)),
+    ];
+    let f = cell.outcome.as_ref().ok();
+    let num = |get: fn(&super::row::Figures) -> Option<f64>, decimals| number(f.and_then(get), decimals);
+    let int = |get: fn(&super::row::Figures) -> u64| f.map_or(Value::Null, |f| count(get(f)));
+    r.extend([
+        ("requests", int(|f| f.requests)),
+        ("failures", int(|f| f.failures)),
+        ("rps", num(|f| Some(f.rps), 1)),
+        ("p50_us", int(|f| f.p50_us)),
+        ("p99_us", int(|f| f.p99_us)),
+        ("wakeups_per_accept", num(|f| f.wakeups_per_accept(), 4)),
+        ("epoll_returns_per_accept", num(|f| f.epoll_returns_per_accept(), 4)),
+        ("eagains", int(|f| f.eagains)),
+        ("jain", num(|f| f.jain(), 6)),
+        ("max_min_share", num(|f| f.max_min_share(), 4)),
+        ("per_worker", f.map_or(Value::Null, |f| Value::Counts(f.per_worker.clone()))),
+        ("cpu_primary_s", num(|f| Some(f.cpu_primary_s), 2)),
+        ("cpu_workers_s", num(|f| Some(f.cpu_workers_s), 2)),
+        ("cpu_us_per_request", num(|f| f.cpu_us_per_request(), 2)),
+        ("worker_switches", int(|f| f.worker_switches)),
+        ("primary_switches", int(|f| f.primary_switches)),
+        ("epoll_returns", int(|f| f.epoll_returns)),
+        ("consistent", Value::Bool(f.is_some_and(|f| f.consistent()))),
+        ("error", cell.outcome.as_ref().err().map_or(Value::Null, |e| Value::Text(e.clone()))),
+    ]);
+    r
+}
+
+/// The cell as one line of JSON.
+pub fn json_line(cell: &Cell, defer_accept: bool) -> String {
+    let mut out = String::from("{");
+    for (i, (key, value)) in record(cell, defer_accept).iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "\"{key}\":");
+        match value {
+            Value::Null => out.push_str("null"),
+            Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Value::Number(n) => out.push_str(n),
+            Value::Text(t) => push_json_string(&mut out, t),
+            Value::Counts(c) => {
+                let list: Vec<String> = c.iter().map(u64::to_string).collect();
+                let _ = write!(out, "[{}]", list.join(","));
+            }
+        }
+    }
+    out.push('}');
+    out
+}
+
+/// The CSV header: the keys of [`record`].
+pub fn csv_header() -> String {
+    let keys: Vec<&str> = record(&placeholder(), false).into_iter().map(|(k, _)| k).collect();
+    keys.join(",")
+}
+
+/// The cell as one CSV line; `per_worker` is one field, its counts separated by spaces.
+pub fn csv_line(cell: &Cell, defer_accept: bool) -> String {
+    let fields: Vec<String> = record(cell, defer_accept)
+        .into_iter()
+        .map(|(_, value)| match value {
+            Value::Null => String::new(),
+            Value::Bool(b) => b.to_string(),
+            Value::Number(n) => n,
+            Value::Text(t) => csv_field(&t),
+            Value::Counts(c) => c.iter().map(u64::to_string).collect::<Vec<_>>().join(" "),
+        })
+        .collect();
+    fields.join(",")
+}
+
+/// A cell with no figures, only there to list the keys.
+fn placeholder() -> Cell {
+    use super::plan::{Load, LoadKind, ROWS};
+    Cell {
+        row: ROWS[0],
+        load: Load { kind: LoadKind::Light, connections: 1, requests: 1 },
+        workers: 1,
+        outcome: Err(String::new()),
+    }
+}
+
+/// Appends `v` as a JSON string literal.
+fn push_json_string(out: &mut String, v: &str) {
+    out.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// A CSV field (RFC 4180): quoted, with quotes doubled, if it holds a comma, quote or line break.
+fn csv_field(v: &str) -> String {
+    if v.contains([',', '"', '\n', '\r']) { format!("\"{}\"", v.replace('"', "\"\"")) } else { v.to_owned() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::plan::{Load, LoadKind, ROWS};
+    use super::super::row::Figures;
+    use super::*;
+
+    fn cell(outcome: Result<Figures, String>) -> Cell {
+        Cell {
+            row: ROWS[4],
+            load: Load { kind: LoadKind::Saturating, connections: 64, requests: 4 },
+            workers: 2,
+            outcome,
+        }
+    }
+
+    fn figures() -> Figures {
+        Figures {
+            requests: 4,
+            rps: 1234.56,
+            p50_us: 80,
+            p99_us: 300,
+            per_worker: vec![3, 1],
+            answered_by: vec![3, 1],
+            worker_switches: 8,
+            epoll_returns: 4,
+            cpu_primary_s: 0.01,
+            cpu_workers_s: 0.03,
+            ..Figures::default()
+        }
+    }
+
+    #[test]
+    fn escapes_json_strings() {
+        let mut s = String::new();
+        push_json_string(&mut s, "a\"b\\c\nd\u{1}é");
+        assert_eq!(s, r#""a\"b\\c\nd\u0001é""#);
+    }
+
+    #[test]
+    fn escapes_csv_fields() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
+    }
+
+    #[test]
+    fn writes_a_json_line() {
+        let line = json_line(&cell(Ok(figures())), true);
+        assert!(line.starts_with(r#"{"mode":"handoff","accept":null,"workers":2,"load":"saturating","connections":64,"defer_accept":true,"requests":4,"failures":0,"rps":1234.6,"p50_us":80,"p99_us":300,"wakeups_per_accept":2.0000,"epoll_returns_per_accept":1.0000,"eagains":0,"jain":0.800000,"max_min_share":3.0000,"per_worker":[3,1],"cpu_primary_s":0.01,"cpu_workers_s":0.03,"cpu_us_per_request":10000.00,"#), "{line}");
+        assert!(line.ends_with(r#""consistent":true,"error":null}"#), "{line}");
+    }
+
+    #[test]
+    fn a_failed_cell_has_every_key() {
+        let line = json_line(&cell(Err("herd serve: \"boom\"".into())), false);
+        assert!(line.contains(r#""requests":null,"failures":null"#), "{line}");
+        assert!(line.ends_with(r#""consistent":false,"error":"herd serve: \"boom\""}"#), "{line}");
+        assert_eq!(record(&cell(Err(String::new())), false).len(), record(&cell(Ok(figures())), false).len());
+    }
+
+    #[test]
+    fn infinite_shares_are_null() {
+        let mut f = figures();
+        f.per_worker = vec![4, 0];
+        assert!(json_line(&cell(Ok(f)), true).contains(r#""max_min_share":null"#));
+    }
+
+    #[test]
+    fn writes_csv_with_the_same_keys() {
+        let header = csv_header();
+        assert!(header.starts_with("mode,accept,workers,load,connections,defer_accept,requests,failures,rps,"));
+        let line = csv_line(&cell(Ok(figures())), true);
+        assert_eq!(header.split(',').count(), line.split(',').count(), "{header}\n{line}");
+        assert!(line.starts_with("handoff,,2,saturating,64,true,4,0,1234.6,80,300,"), "{line}");
+        assert!(line.contains(",3 1,"), "{line}");
+        assert!(csv_line(&cell(Err("a, b".into())), true).ends_with(",false,\"a, b\""));
+    }
+}
