@@ -13,10 +13,17 @@ use crate::stats::{Counters, WorkerCounter};
 /// Whether the worker accepted it itself (shared, reuseport) or received it from the primary
 /// (handoff), it is the same kind of value. Dropping it closes the connection and counts it in
 /// the worker's `closed` counter.
+///
+/// A handed-off stream is also shut down for writing when dropped (`shutdown(SHUT_WR)`): the
+/// primary may not have closed its copy of the descriptor yet (it does when it reads the
+/// worker's acknowledgement), and a socket sends its FIN only when its *last* descriptor closes
+/// — so without the shutdown, a client reading to end of file would wait for the primary to
+/// wake up.
 #[derive(Debug)]
 pub struct Stream {
     inner: Option<StdStream>,
     closed: Option<(Counters, usize)>,
+    handed_off: bool,
 }
 
 /// The standard-library stream inside a [`Stream`].
@@ -29,12 +36,13 @@ pub enum StdStream {
 }
 
 impl Stream {
-    pub(crate) fn new(fd: OwnedFd, kind: StreamKind, counters: Option<(Counters, usize)>) -> Stream {
+    /// `handed_off`: the descriptor came from the primary, which may still hold a copy.
+    pub(crate) fn new(fd: OwnedFd, kind: StreamKind, counters: Option<(Counters, usize)>, handed_off: bool) -> Stream {
         let inner = match kind {
             StreamKind::Tcp => StdStream::Tcp(TcpStream::from(fd)),
             StreamKind::Unix => StdStream::Unix(UnixStream::from(fd)),
         };
-        Stream { inner: Some(inner), closed: counters }
+        Stream { inner: Some(inner), closed: counters, handed_off }
     }
 
     fn inner(&self) -> &StdStream {
@@ -94,6 +102,9 @@ impl Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
+        if self.handed_off && self.inner.is_some() {
+            let _ = self.shutdown(Shutdown::Write);
+        }
         if let Some((counters, slot)) = &self.closed {
             counters.bump_worker(*slot, WorkerCounter::Closed, 1);
         }

@@ -11,6 +11,7 @@ mod bench;
 mod cli;
 mod load;
 mod serve;
+mod stats_json;
 mod timestamp;
 
 use std::process::ExitCode;

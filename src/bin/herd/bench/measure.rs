@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use super::counters::Counters;
 use super::plan::{Load, Row};
 use super::procstat::{self, Sample};
 use super::row::{Cell, Figures};
@@ -33,7 +32,7 @@ fn figures(row: &Row, load: &Load, options: &server::Options) -> Result<Figures,
     let report = load::run(&config(server.port, load, options.workers)).map_err(|e| format!("herd load: {e}"))?;
     let after = sample(&pids)?;
     let stdout = server.stop()?;
-    let counters = Counters::parse(&stdout)?;
+    let counters = crate::stats_json::decode(&stdout)?;
     if counters.workers.len() != options.workers {
         return Err(format!("herd serve reported {} workers, not {}", counters.workers.len(), options.workers));
     }

@@ -25,7 +25,6 @@
 //! | [`json`]    | JSON lines and CSV                                         |
 //! | [`svg`]     | the distribution charts as an SVG                          |
 
-mod counters;
 mod json;
 mod measure;
 mod plan;

@@ -18,11 +18,12 @@
 //!
 //! `utime` and `stime` (fields 14 and 15 of `/proc/PID/stat`) cover the whole process, every
 //! thread included, in clock ticks. The tick rate is the kernel's `USER_HZ`, which is what
-//! `sysconf(_SC_CLK_TCK)` returns: glibc reads it from the `AT_CLKTCK` entry of the auxiliary
-//! vector the kernel gives every process, and so does [`clock_ticks_per_second`], from
-//! `/proc/self/auxv`, with no `unsafe` and no extra rustix feature. It is 100 on every common
-//! architecture, which is also the fallback. A tick is 10 ms, so CPU figures are only as exact
-//! as runs are long: a run of a few seconds per row keeps the rounding under a few percent.
+//! `sysconf(_SC_CLK_TCK)` returns (rustix's [`clock_ticks_per_second`], read from the `AT_CLKTCK`
+//! entry of the auxiliary vector the kernel gives every process). It is 100 on every common
+//! architecture. A tick is 10 ms, so CPU figures are only as exact as runs are long: a run of a
+//! few seconds per row keeps the rounding under a few percent.
+//!
+//! [`clock_ticks_per_second`]: rustix::param::clock_ticks_per_second
 
 use std::fs;
 use std::io;
@@ -82,23 +83,9 @@ fn cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
-/// The auxiliary vector key of the clock tick rate (`<linux/auxvec.h>`; the same on every
-/// architecture). `libc::AT_CLKTCK` is the same number, typed as the platform's `c_ulong`.
-const AT_CLKTCK: u64 = 17;
-
-/// Clock ticks per second (`USER_HZ`), the unit of CPU times in `/proc`: the `AT_CLKTCK` entry
-/// of this process's auxiliary vector, or 100 if it cannot be read.
+/// Clock ticks per second (`USER_HZ`), the unit of CPU times in `/proc`.
 pub fn clock_ticks_per_second() -> u64 {
-    fs::read("/proc/self/auxv").ok().and_then(|auxv| auxv_value(&auxv, AT_CLKTCK)).filter(|&hz| hz > 0).unwrap_or(100)
-}
-
-/// Looks `key` up in an auxiliary vector: native-endian (key, value) pairs of machine words.
-fn auxv_value(auxv: &[u8], key: u64) -> Option<u64> {
-    const WORD: usize = std::mem::size_of::<usize>();
-    let word = |bytes: &[u8]| usize::from_ne_bytes(bytes.try_into().expect("a whole word")) as u64;
-    auxv.chunks_exact(2 * WORD)
-        .map(|pair| (word(&pair[..WORD]), word(&pair[WORD..])))
-        .find_map(|(k, v)| if k == key { Some(v) } else { None })
+    rustix::param::clock_ticks_per_second()
 }
 
 fn context(e: io::Error, path: &str) -> io::Error {
@@ -128,15 +115,7 @@ mod tests {
     }
 
     #[test]
-    fn finds_clock_ticks_in_the_auxiliary_vector() {
-        let mut auxv = Vec::new();
-        for (k, v) in [(6usize, 4096usize), (17, 250), (0, 0)] {
-            auxv.extend_from_slice(&k.to_ne_bytes());
-            auxv.extend_from_slice(&v.to_ne_bytes());
-        }
-        assert_eq!(auxv_value(&auxv, AT_CLKTCK), Some(250));
-        assert_eq!(auxv_value(&auxv, 99), None);
-        // This machine's own value, whatever it is, is sane.
+    fn clock_ticks_are_sane() {
         assert!((1..=10_000).contains(&clock_ticks_per_second()));
     }
 

@@ -15,10 +15,10 @@
 //!   small machine the client saturates the cores first, so requests per second say more about
 //!   the client than the server, while CPU per request is what each design costs.
 
-use super::counters::Counters;
 use super::plan::{Load, Row};
 use super::procstat::Sample;
 use crate::load;
+use herd::stats::Snapshot;
 
 /// One (row, load) cell: what ran, and what came of it.
 #[derive(Clone, Debug)]
@@ -72,7 +72,7 @@ impl Figures {
     /// then one per worker slot); `hz` is the clock tick rate of the CPU times.
     pub fn new(
         report: &load::LoadReport,
-        counters: &Counters,
+        counters: &Snapshot,
         primary: Sample,
         workers: &[Sample],
         hz: u64,

@@ -220,7 +220,7 @@ pub fn main(parser: lexopt::Parser) -> ExitCode {
     );
     match result {
         Ok(snapshot) if args.stats_json => {
-            println!("{}", stats_json(&snapshot));
+            println!("{}", crate::stats_json::encode(&snapshot));
             ExitCode::SUCCESS
         }
         Ok(snapshot) => {
@@ -232,27 +232,4 @@ pub fn main(parser: lexopt::Parser) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The counters as one JSON object: `{"primary":{...},"workers":[{...},...]}`.
-fn stats_json(s: &herd::stats::Snapshot) -> String {
-    let p = &s.primary;
-    let workers: Vec<String> = s
-        .workers
-        .iter()
-        .map(|w| {
-            format!(
-                r#"{{"wakeups":{},"accepts":{},"eagains":{},"handoffs_received":{},"handoffs_acked":{},"closed":{}}}"#,
-                w.wakeups, w.accepts, w.eagains, w.handoffs_received, w.handoffs_acked, w.closed
-            )
-        })
-        .collect();
-    format!(
-        r#"{{"primary":{{"accepted":{},"dispatched":{},"queued":{},"requeued":{}}},"workers":[{}]}}"#,
-        p.accepted,
-        p.dispatched,
-        p.queued,
-        p.requeued,
-        workers.join(",")
-    )
 }
