@@ -3,14 +3,18 @@ CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 MODE ?= shared
 
-.PHONY: all build serve test lint doc clean
+.PHONY: all build bench-run serve test bench lint doc clean
 
 all: build
 
 build:
 	$(CARGO) build --release
 
-## The main job: build and run the demo server (try: curl http://127.0.0.1:8080/).
+## The main job: every mode under a light and a saturating load, in one table.
+bench-run: build
+	./target/release/herd bench
+
+## The demo server by hand (try: curl http://127.0.0.1:8080/).
 serve: build
 	./target/release/herd serve --mode $(MODE) --listen $(LISTEN)
 
@@ -18,6 +22,10 @@ serve: build
 test:
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
+
+## The benchmark suite: channel micro-benchmarks and the matrix with repetitions.
+bench:
+	$(CARGO) bench
 
 lint:
 	$(CARGO) fmt --all -- --check

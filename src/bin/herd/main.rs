@@ -3,6 +3,7 @@
 //! ```text
 //! herd serve [--mode shared|handoff|reuseport] [--accept STRATEGY] [--workers N] [--listen ADDR]
 //! herd load URL [--connections N] [--mode churn|keepalive] [--duration SECS | --requests N]
+//! herd bench [--workers N] [--quick] [--json | --csv] [--svg FILE]
 //! ```
 //!
 //! Each subcommand lives in its own module and prints its own `--help`.
