@@ -1,8 +1,8 @@
 //! Accept loops: how a worker (or, in handoff mode, the primary) takes connections off a
 //! listener, and what it does with each way `accept4(2)` can fail.
 //!
-//! The epoll backend ([`epoll`]) is always there. Every strategy shares one error table,
-//! [`classify`], written once in the style of nginx's `ngx_event_accept.c`:
+//! The epoll backend (`accept/epoll.rs`) is always there. Every strategy shares one error
+//! table, `classify`, written once in the style of nginx's `ngx_event_accept.c`:
 //!
 //! | `accept4` result | meaning | what herd does |
 //! |---|---|---|

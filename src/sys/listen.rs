@@ -58,6 +58,9 @@ pub fn tcp_listener(addr: SocketAddr, opts: TcpOptions) -> io::Result<OwnedFd> {
 
 /// Corresponds to `socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC)`, [`bind(2)`] to `path` and
 /// [`listen(2)`]. The caller removes a stale socket file first (see [`crate::ListenAddr`]).
+///
+/// [`bind(2)`]: https://man7.org/linux/man-pages/man2/bind.2.html
+/// [`listen(2)`]: https://man7.org/linux/man-pages/man2/listen.2.html
 pub fn unix_listener(path: &Path, backlog: i32, nonblocking: bool) -> io::Result<OwnedFd> {
     let shown = path.display();
     let mut flags = SocketFlags::CLOEXEC;

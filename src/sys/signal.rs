@@ -115,6 +115,8 @@ pub fn set_disposition(signal: i32, disposition: Disposition) -> io::Result<()> 
 
 /// A [`signalfd(2)`] created with `SFD_CLOEXEC | SFD_NONBLOCK`. The signals must also be
 /// blocked, or they are delivered the ordinary way instead.
+///
+/// [`signalfd(2)`]: https://man7.org/linux/man-pages/man2/signalfd.2.html
 #[derive(Debug)]
 pub struct SignalFd {
     fd: OwnedFd,
