@@ -18,8 +18,10 @@ bench-run: build
 serve: build
 	./target/release/herd serve --mode $(MODE) --listen $(LISTEN)
 
-## Every test: unit, integration and doc tests.
+## Every test: unit, integration and doc tests. The examples are built as programs first:
+## tests/primary_api.rs runs them (they fork, so they cannot run inside the test process).
 test:
+	$(CARGO) build --examples
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
 

@@ -4,13 +4,13 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The example binary, built next to the `herd` binary by `cargo test --all-targets`.
+/// The example program, built by `cargo build --examples` (which `make test` runs first).
 fn example(name: &str) -> PathBuf {
     let herd = PathBuf::from(env!("CARGO_BIN_EXE_herd"));
     let path = herd.parent().unwrap().join("examples").join(name);
     assert!(
         path.exists(),
-        "{} is missing: run the tests with `cargo test --all-targets` (make test), which builds the examples",
+        "{} is missing: build the examples first (`cargo build --examples`, as `make test` does)",
         path.display()
     );
     path
