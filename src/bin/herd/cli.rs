@@ -1,6 +1,7 @@
-//! Shared command-line conventions: bad usage is one line on stderr and exit code 2.
+//! Shared command-line conventions: bad usage is one line on stderr and exit code 2; JSON
+//! output is written by hand (no serde), with one string escaper.
 
-use std::fmt::Display;
+use std::fmt::{Display, Write as _};
 use std::process::ExitCode;
 use std::str::FromStr;
 
@@ -19,4 +20,21 @@ where
     let value = parser.value().map_err(|e| e.to_string())?;
     let text = value.to_string_lossy();
     text.parse::<T>().map_err(|e| format!("{option} {text}: {e}"))
+}
+
+/// Appends `v` as a JSON string literal, escaping quotes, backslashes and control characters.
+pub fn push_json_string(out: &mut String, v: &str) {
+    out.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }

@@ -81,7 +81,7 @@ pub fn json_line(cell: &Cell, defer_accept: bool) -> String {
             Value::Null => out.push_str("null"),
             Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
             Value::Number(n) => out.push_str(n),
-            Value::Text(t) => push_json_string(&mut out, t),
+            Value::Text(t) => crate::cli::push_json_string(&mut out, t),
             Value::Counts(c) => {
                 let list: Vec<String> = c.iter().map(u64::to_string).collect();
                 let _ = write!(out, "[{}]", list.join(","));
@@ -124,23 +124,6 @@ fn placeholder() -> Cell {
     }
 }
 
-/// Appends `v` as a JSON string literal.
-fn push_json_string(out: &mut String, v: &str) {
-    out.push('"');
-    for c in v.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
 /// A CSV field (RFC 4180): quoted, with quotes doubled, if it holds a comma, quote or line break.
 fn csv_field(v: &str) -> String {
     if v.contains([',', '"', '\n', '\r']) { format!("\"{}\"", v.replace('"', "\"\"")) } else { v.to_owned() }
@@ -180,7 +163,7 @@ mod tests {
     #[test]
     fn escapes_json_strings() {
         let mut s = String::new();
-        push_json_string(&mut s, "a\"b\\c\nd\u{1}é");
+        crate::cli::push_json_string(&mut s, "a\"b\\c\nd\u{1}é");
         assert_eq!(s, r#""a\"b\\c\nd\u0001é""#);
     }
 

@@ -92,7 +92,7 @@ impl LoadReport {
         let p = self.percentiles();
         let mut s = String::with_capacity(512);
         s.push_str("{\"url\":");
-        push_json_string(&mut s, &self.url);
+        crate::cli::push_json_string(&mut s, &self.url);
         let _ = write!(
             s,
             ",\"mode\":\"{}\",\"connections\":{},\"threads\":{},\"requests\":{},\"errors\":{{",
@@ -123,22 +123,6 @@ impl LoadReport {
         }
         s
     }
-}
-
-/// Appends `v` as a JSON string literal.
-fn push_json_string(out: &mut String, v: &str) {
-    out.push('"');
-    for c in v.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 /// The width of the longest distribution bar.
