@@ -15,10 +15,13 @@
 //! | `SIGTTIN` / `SIGTTOU` | one worker more / one fewer |
 //! | `SIGCHLD` | reap; replace a worker that exited without being asked, within the restart limit |
 //!
-//! The supervision logic (restarts, reloads, scaling, heartbeats) is in [`supervise`]; what a
-//! forked child does before it runs the user's code is in [`child`].
+//! The supervision logic (restarts, reloads, scaling, heartbeats) is in `supervise.rs`; what a
+//! forked child does before it runs the user's code, in `child.rs`; the program's API to its
+//! workers (messages, kill, disconnect), in `control.rs`; handoff's accepting, in `handoff.rs`.
 
 mod child;
+mod control;
+mod handoff;
 mod supervise;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -27,13 +30,12 @@ use std::time::Instant;
 
 use rustix::process::Pid;
 
-use crate::accept::{self, Accepted};
-use crate::channel::{self, Channel, ChannelError, Message};
+use crate::channel::{Channel, ChannelError, Message};
 use crate::cluster::{Cluster, Config, Listeners};
 use crate::listener::{BindOptions, UnixPath};
 use crate::mode::Mode;
 use crate::mode::handoff::Dispatcher;
-use crate::stats::{Counters, PrimaryCounter, Snapshot};
+use crate::stats::{Counters, Snapshot};
 use crate::sys::epoll::{Epoll, Interest, Ready};
 use crate::sys::process::{self, Forked};
 use crate::sys::signal::{SignalFd, SignalSet};
@@ -41,7 +43,10 @@ use crate::sys::timerfd::Timer;
 use crate::worker::Worker;
 use crate::{Event, ListenAddr};
 
+use handoff::AcceptPause;
 use supervise::{Reload, Restarts};
+
+pub use control::WorkerInfo;
 
 /// The user's worker function, run in each forked worker.
 pub(crate) type WorkerMain = Box<dyn FnMut(&mut Worker) -> io::Result<()>>;
@@ -56,8 +61,6 @@ const TOKEN_KILL_TIMER: u64 = u64::MAX - 2;
 const TOKEN_BACKOFF: u64 = u64::MAX - 3;
 const TOKEN_RELOAD_TIMER: u64 = u64::MAX - 4;
 const TOKEN_HEARTBEAT: u64 = u64::MAX - 5;
-/// How many connections the primary accepts per wakeup before looking at its channels again.
-const ACCEPT_BATCH: usize = 64;
 
 /// The primary's descriptors that a forked worker must close.
 #[derive(Debug)]
@@ -113,34 +116,6 @@ impl WorkerHandle {
     fn pid(&self) -> u32 {
         self.pid.as_raw_nonzero().get() as u32
     }
-}
-
-/// What the primary knows of one live worker; see [`Primary::workers`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WorkerInfo {
-    /// Its slot, 0 to N-1.
-    pub id: usize,
-    /// Its pid.
-    pub pid: u32,
-    /// Its generation: 0 for the first workers, one more for each reload.
-    pub generation: u64,
-    /// Its channel is open.
-    pub connected: bool,
-    /// It reported `listening`.
-    pub listening: bool,
-    /// It was asked to exit (or announced it would) and is draining.
-    pub exiting: bool,
-}
-
-/// Why the primary is not watching its listener (handoff mode).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AcceptPause {
-    /// Out of descriptors: resume when the back-off timer fires.
-    BackOff,
-    /// The queue reached its limit: resume when it is half empty.
-    QueueFull,
-    /// Shutting down.
-    Stopped,
 }
 
 /// A running cluster, seen from the primary process.
@@ -244,75 +219,6 @@ impl Primary {
     /// The shared counters.
     pub fn counters(&self) -> &Counters {
         &self.counters
-    }
-
-    /// The live workers (Node's `cluster.workers`), in fork order.
-    pub fn workers(&self) -> Vec<WorkerInfo> {
-        self.workers
-            .values()
-            .map(|w| WorkerInfo {
-                id: w.id,
-                pid: w.pid(),
-                generation: w.generation,
-                connected: w.connected,
-                listening: w.listening,
-                exiting: w.asked_to_exit,
-            })
-            .collect()
-    }
-
-    fn key_of(&self, pid: u32) -> Option<u64> {
-        self.workers.iter().find(|(_, w)| w.pid() == pid).map(|(k, _)| *k)
-    }
-
-    fn not_a_worker(pid: u32) -> io::Error {
-        io::Error::new(io::ErrorKind::NotFound, format!("no live worker with pid {pid}"))
-    }
-
-    /// Sends `bytes` to the worker `pid`, which receives a [`crate::WorkerEvent::Message`].
-    ///
-    /// # Errors
-    /// `InvalidInput` for more than [`channel::MAX_MESSAGE`] bytes; `NotFound` for a pid that is
-    /// not a live worker; the channel's error if the worker is gone.
-    pub fn send(&self, pid: u32, bytes: &[u8]) -> io::Result<()> {
-        check_message_size(bytes)?;
-        let key = self.key_of(pid).ok_or_else(|| Primary::not_a_worker(pid))?;
-        self.workers[&key].channel.send(&Message::User(bytes.to_vec()), &[]).map_err(io::Error::from)
-    }
-
-    /// Sends `bytes` to every connected worker; returns how many it reached.
-    pub fn broadcast(&self, bytes: &[u8]) -> io::Result<usize> {
-        check_message_size(bytes)?;
-        let message = Message::User(bytes.to_vec());
-        Ok(self.workers.values().filter(|w| w.connected && w.channel.send(&message, &[]).is_ok()).count())
-    }
-
-    /// Sends `signal` to the worker `pid` (Node's `worker.kill`); its exit then counts as asked
-    /// for, so it is not replaced.
-    pub fn kill(&mut self, pid: u32, signal: i32) -> io::Result<()> {
-        let key = self.key_of(pid).ok_or_else(|| Primary::not_a_worker(pid))?;
-        self.stop_dispatching_to(key);
-        let w = self.workers.get_mut(&key).expect("key just found");
-        w.asked_to_exit = true;
-        process::kill(w.pid, signal)
-    }
-
-    /// Asks the worker `pid` to stop accepting, finish its connections and exit (Node's
-    /// `worker.disconnect`). It is not replaced.
-    pub fn disconnect(&mut self, pid: u32) -> io::Result<()> {
-        let key = self.key_of(pid).ok_or_else(|| Primary::not_a_worker(pid))?;
-        self.disconnect_key(key);
-        Ok(())
-    }
-
-    /// Whether the worker `pid` is alive with its channel open.
-    pub fn is_connected(&self, pid: u32) -> bool {
-        self.key_of(pid).is_some_and(|k| self.workers[&k].connected)
-    }
-
-    /// Whether the worker `pid` has exited (or never was one of ours).
-    pub fn is_dead(&self, pid: u32) -> bool {
-        self.key_of(pid).is_none()
     }
 
     /// Turns the primary's loop until something happens, and reports it. Returns `Ok(None)` once
@@ -571,60 +477,6 @@ impl Primary {
         self.events.push_back(Event::Disconnect { id, pid });
     }
 
-    /// Handoff: accepts up to [`ACCEPT_BATCH`] connections and gives each to a worker.
-    fn accept_and_dispatch(&mut self) -> io::Result<()> {
-        let Some(Listeners::Handoff(listener)) = &self.listeners else { return Ok(()) };
-        let Some(dispatcher) = &mut self.dispatcher else { return Ok(()) };
-        let workers = &self.workers;
-        let mut backoff = None;
-        for _ in 0..ACCEPT_BATCH {
-            match accept::accept(listener) {
-                Accepted::Connection(fd) => {
-                    self.counters.bump_primary(PrimaryCounter::Accepted, 1);
-                    dispatcher.dispatch(fd, |k| workers.get(&k).filter(|w| w.connected).map(|w| &w.channel));
-                }
-                Accepted::Empty => break,
-                Accepted::Retry => continue,
-                Accepted::BackOff(e) => {
-                    backoff = Some(e);
-                    break;
-                }
-                Accepted::Failed(e) => return Err(crate::sys::context(e, "primary: accept4")),
-            }
-        }
-        if let Some(e) = backoff {
-            eprintln!("herd: primary: accept4: {e}; pausing accepts for {:?}", accept::BACKOFF);
-            self.pause_accepting(AcceptPause::BackOff)?;
-            self.io().backoff.arm(accept::BACKOFF)?;
-        } else if dispatcher.queued() >= self.config.handoff_queue_limit {
-            self.pause_accepting(AcceptPause::QueueFull)?;
-        }
-        Ok(())
-    }
-
-    fn pause_accepting(&mut self, why: AcceptPause) -> io::Result<()> {
-        if self.accept_paused.is_none() {
-            if let Some(Listeners::Handoff(l)) = &self.listeners {
-                self.io().epoll.delete(l)?;
-            }
-        }
-        if self.accept_paused != Some(AcceptPause::Stopped) {
-            self.accept_paused = Some(why);
-        }
-        Ok(())
-    }
-
-    fn resume_accepting(&mut self, why: AcceptPause) -> io::Result<()> {
-        if self.accept_paused != Some(why) {
-            return Ok(());
-        }
-        self.accept_paused = None;
-        if let Some(Listeners::Handoff(l)) = &self.listeners {
-            self.io().epoll.add(l, TOKEN_LISTENER, Interest::READABLE)?;
-        }
-        Ok(())
-    }
-
     /// Forks a worker for `slot`, of the current generation; returns its key.
     fn spawn(&mut self, slot: usize) -> io::Result<u64> {
         let (ours, theirs) = Channel::pair().map_err(|e| crate::sys::context(e, format!("spawning worker {slot}")))?;
@@ -659,16 +511,6 @@ impl Primary {
             }
         }
     }
-}
-
-fn check_message_size(bytes: &[u8]) -> io::Result<()> {
-    if bytes.len() > channel::MAX_MESSAGE {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("message of {} bytes exceeds the {}-byte limit", bytes.len(), channel::MAX_MESSAGE),
-        ));
-    }
-    Ok(())
 }
 
 impl Drop for Primary {
