@@ -43,7 +43,7 @@ impl Listener {
                     TcpOptions { reuseport: opts.reuseport, backlog: opts.backlog, nonblocking: opts.nonblocking },
                 )?;
                 if let Some(seconds) = opts.defer_accept {
-                    listen::set_defer_accept(&fd, seconds)?;
+                    crate::sys::sockopt::set_defer_accept(&fd, seconds)?;
                 }
                 Ok(Listener { fd })
             }

@@ -113,30 +113,6 @@ pub fn set_nodelay(fd: impl AsFd) {
     let _ = sockopt::set_tcp_nodelay(fd, true);
 }
 
-/// Sets `TCP_DEFER_ACCEPT` (see [`tcp(7)`]): the kernel completes `accept` only once the client
-/// has sent data (or after about `seconds`), so a worker wakes once per connection with its
-/// request already there, instead of once to accept and once more to read — nginx's `deferred`.
-///
-/// [`tcp(7)`]: https://man7.org/linux/man-pages/man7/tcp.7.html
-pub fn set_defer_accept(fd: impl AsFd, seconds: i32) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let value: libc::c_int = seconds;
-    // SAFETY: `value` is a live c_int and the length passed is its size.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_fd().as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_DEFER_ACCEPT,
-            (&raw const value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(context(io::Error::last_os_error(), "setsockopt(TCP_DEFER_ACCEPT)"));
-    }
-    Ok(())
-}
-
 /// Sets `SO_RCVTIMEO` on a listener: a blocking `accept` then returns `EAGAIN` after `timeout`,
 /// which lets a thread parked in `accept` look up now and then (to notice it should stop).
 pub fn set_accept_timeout(fd: impl AsFd, timeout: std::time::Duration) -> io::Result<()> {

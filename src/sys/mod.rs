@@ -18,6 +18,7 @@ pub mod listen;
 pub mod process;
 pub mod shm;
 pub mod signal;
+pub mod sockopt;
 pub mod timerfd;
 
 use std::io;

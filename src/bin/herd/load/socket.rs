@@ -24,7 +24,7 @@
 //! with any other connection from the same address, whatever its destination — exhausting ports
 //! sooner than not binding at all. `IP_BIND_ADDRESS_NO_PORT` defers the port choice to
 //! `connect`, when the full tuple is known, and lets ports be shared exactly as for an unbound
-//! socket. rustix has no wrapper for it, so it is set with `libc::setsockopt`.
+//! socket. rustix has no wrapper for it, so herd's syscall layer sets it (`herd::sys::sockopt`).
 //!
 //! If the kernel still finds no free port, `connect` fails with `EADDRNOTAVAIL`; the engine
 //! counts that as a `no_port` error and carries on.
@@ -40,7 +40,7 @@
 //! wasted.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::io::Errno;
 use rustix::net::{self, AddressFamily, SocketAddrUnix, SocketFlags, SocketType, sockopt};
@@ -125,19 +125,8 @@ fn start_connect(fd: OwnedFd, addr: &impl net::addr::SocketAddrArg) -> Result<Ow
 
 /// Sets `IP_BIND_ADDRESS_NO_PORT`, so a later `bind(addr:0)` leaves the port to `connect`.
 fn set_bind_address_no_port(fd: BorrowedFd<'_>) -> Result<(), Errno> {
-    let on: libc::c_int = 1;
-    // SAFETY: `fd` is a valid open socket for the duration of the borrow; the option value is a
-    // live `c_int` whose exact size is passed, and the kernel only reads it during the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&raw const on).cast::<libc::c_void>(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 { Ok(()) } else { Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO)) }
+    herd::sys::sockopt::set_bind_address_no_port(fd)
+        .map_err(|e| e.raw_os_error().map_or(Errno::IO, Errno::from_raw_os_error))
 }
 
 #[cfg(test)]
