@@ -108,17 +108,24 @@ impl Message {
         }
     }
 
-    fn encode_payload(&self, out: &mut Vec<u8>) {
+    /// The payload bytes: fixed-size ones are written into `scratch`, a user message is borrowed.
+    fn payload<'a>(&'a self, scratch: &'a mut [u8; 8]) -> &'a [u8] {
         match self {
-            Message::Handoff { seq } => out.extend_from_slice(&seq.to_le_bytes()),
-            Message::Ack { count } | Message::Reject { count } => out.extend_from_slice(&count.to_le_bytes()),
-            Message::User(bytes) => out.extend_from_slice(bytes),
+            Message::Handoff { seq } => {
+                *scratch = seq.to_le_bytes();
+                &scratch[..]
+            }
+            Message::Ack { count } | Message::Reject { count } => {
+                scratch[..4].copy_from_slice(&count.to_le_bytes());
+                &scratch[..4]
+            }
+            Message::User(bytes) => bytes,
             Message::Online
             | Message::Listening
             | Message::Disconnect
             | Message::Ping
             | Message::Pong
-            | Message::Retiring => {}
+            | Message::Retiring => &[],
         }
     }
 
@@ -281,23 +288,40 @@ impl Channel {
         self.send_inner(message, fds, true)
     }
 
+    /// Sends `bytes` as a [`Message::User`] without copying them into a `Message` first.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send); [`ChannelError::Oversized`] over [`MAX_MESSAGE`] bytes.
+    pub fn send_user(&self, bytes: &[u8]) -> Result<(), ChannelError> {
+        self.send_frame(Message::User(Vec::new()).kind(), bytes, &[], false)
+    }
+
     fn send_inner(&self, message: &Message, fds: &[BorrowedFd<'_>], nonblocking: bool) -> Result<(), ChannelError> {
-        let kind = message.kind();
+        let mut scratch = [0u8; 8];
+        self.send_frame(message.kind(), message.payload(&mut scratch), fds, nonblocking)
+    }
+
+    /// Writes the header on the stack and sends it and `payload` as one frame: no allocation,
+    /// since this runs for every handoff and every ack.
+    fn send_frame(
+        &self,
+        kind: u16,
+        payload: &[u8],
+        fds: &[BorrowedFd<'_>],
+        nonblocking: bool,
+    ) -> Result<(), ChannelError> {
         let expected = Message::fds_for_kind(kind).unwrap_or(0);
         if fds.len() != expected {
             return Err(ChannelError::WrongFdCount { kind, expected, got: fds.len() });
         }
-        let mut frame = Vec::with_capacity(HEADER_LEN + 8);
-        frame.resize(HEADER_LEN, 0);
-        message.encode_payload(&mut frame);
-        if frame.len() > MAX_FRAME {
-            return Err(ChannelError::Oversized { len: frame.len() });
+        if payload.len() > MAX_MESSAGE {
+            return Err(ChannelError::Oversized { len: HEADER_LEN + payload.len() });
         }
-        let len = (frame.len() - HEADER_LEN) as u32;
-        frame[offset_of!(Header, kind)..][..2].copy_from_slice(&kind.to_le_bytes());
-        frame[offset_of!(Header, fd_count)..][..2].copy_from_slice(&(fds.len() as u16).to_le_bytes());
-        frame[offset_of!(Header, len)..][..4].copy_from_slice(&len.to_le_bytes());
-        match fdpass::send_with_fds(self.fd.as_fd(), &[&frame], fds, nonblocking) {
+        let mut header = [0u8; HEADER_LEN];
+        header[offset_of!(Header, kind)..][..2].copy_from_slice(&kind.to_le_bytes());
+        header[offset_of!(Header, fd_count)..][..2].copy_from_slice(&(fds.len() as u16).to_le_bytes());
+        header[offset_of!(Header, len)..][..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        match fdpass::send_with_fds(self.fd.as_fd(), &[&header, payload], fds, nonblocking) {
             Ok(_) => Ok(()),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) => Err(ChannelError::Closed),
             Err(e) => Err(ChannelError::Io(e)),

@@ -186,7 +186,7 @@ impl Worker {
                 format!("message of {} bytes exceeds the {}-byte limit", bytes.len(), channel::MAX_MESSAGE),
             ));
         }
-        self.channel.send(&Message::User(bytes.to_vec()), &[]).map_err(io::Error::from)
+        self.channel.send_user(bytes).map_err(io::Error::from)
     }
 
     /// Announces that this worker is about to exit on its own — Node's "suicide" message — and

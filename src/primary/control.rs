@@ -4,7 +4,7 @@
 use std::io;
 
 use super::Primary;
-use crate::channel::{self, Message};
+use crate::channel;
 use crate::sys::process;
 
 /// What the primary knows of one live worker; see [`Primary::workers`].
@@ -56,14 +56,13 @@ impl Primary {
     pub fn send(&self, pid: u32, bytes: &[u8]) -> io::Result<()> {
         check_message_size(bytes)?;
         let key = self.key_of(pid).ok_or_else(|| Primary::not_a_worker(pid))?;
-        self.workers[&key].channel.send(&Message::User(bytes.to_vec()), &[]).map_err(io::Error::from)
+        self.workers[&key].channel.send_user(bytes).map_err(io::Error::from)
     }
 
     /// Sends `bytes` to every connected worker; returns how many it reached.
     pub fn broadcast(&self, bytes: &[u8]) -> io::Result<usize> {
         check_message_size(bytes)?;
-        let message = Message::User(bytes.to_vec());
-        Ok(self.workers.values().filter(|w| w.connected && w.channel.send(&message, &[]).is_ok()).count())
+        Ok(self.workers.values().filter(|w| w.connected && w.channel.send_user(bytes).is_ok()).count())
     }
 
     /// Sends `signal` to the worker `pid` (Node's `worker.kill`); its exit then counts as asked

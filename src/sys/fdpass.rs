@@ -25,6 +25,9 @@ use rustix::net::{
 /// a sender that attaches more makes the kernel set `MSG_CTRUNC` and close the rest.
 pub const MAX_FDS: usize = 8;
 
+/// The most slices one [`send_with_fds`] gathers.
+pub const MAX_IOV: usize = 4;
+
 /// Corresponds to `socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0)`; see
 /// [`socketpair(2)`].
 ///
@@ -35,7 +38,8 @@ pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Corresponds to `sendmsg(fd, {bytes}, SCM_RIGHTS{fds}, MSG_NOSIGNAL | flags)`; see
-/// [`sendmsg(2)`]. `nonblocking` adds `MSG_DONTWAIT`. Retries `EINTR`.
+/// [`sendmsg(2)`]: the slices of `bytes` (at most [`MAX_IOV`]) are gathered into one message.
+/// `nonblocking` adds `MSG_DONTWAIT`. Retries `EINTR`.
 ///
 /// A seqpacket send is all or nothing: it returns the whole length or an error.
 ///
@@ -46,7 +50,18 @@ pub fn send_with_fds(
     fds: &[BorrowedFd<'_>],
     nonblocking: bool,
 ) -> io::Result<usize> {
-    let iov: Vec<IoSlice<'_>> = bytes.iter().map(|b| IoSlice::new(b)).collect();
+    // On the stack: this runs once per handed-off connection.
+    let mut iov = [IoSlice::new(&[]); MAX_IOV];
+    if bytes.len() > MAX_IOV {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("sendmsg: {} slices, at most {MAX_IOV}", bytes.len()),
+        ));
+    }
+    for (slot, b) in iov.iter_mut().zip(bytes) {
+        *slot = IoSlice::new(b);
+    }
+    let iov = &iov[..bytes.len()];
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS * 2))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
@@ -60,7 +75,7 @@ pub fn send_with_fds(
         flags |= SendFlags::DONTWAIT;
     }
     loop {
-        match rustix::net::sendmsg(sock, &iov, &mut control, flags) {
+        match rustix::net::sendmsg(sock, iov, &mut control, flags) {
             Ok(n) => return Ok(n),
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(super::from_errno(e)),
