@@ -219,7 +219,7 @@ impl fmt::Display for ChannelError {
             ChannelError::WrongFdCount { kind, expected, got } => {
                 write!(f, "channel frame kind {kind} carried {got} descriptors, expected {expected}")
             }
-            ChannelError::Io(e) => write!(f, "channel: {e}"),
+            ChannelError::Io(e) => write!(f, "{e}"),
         }
     }
 }
@@ -324,7 +324,9 @@ impl Channel {
         match fdpass::send_with_fds(self.fd.as_fd(), &[&header, payload], fds, nonblocking) {
             Ok(_) => Ok(()),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) => Err(ChannelError::Closed),
-            Err(e) => Err(ChannelError::Io(e)),
+            // A full peer (`try_send`) is the caller's to handle, not an error worth a message.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(ChannelError::Io(e)),
+            Err(e) => Err(ChannelError::Io(crate::sys::context(e, "sendmsg on the channel"))),
         }
     }
 
@@ -360,9 +362,11 @@ impl Channel {
             Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => fdpass::recv_with_fds(self.fd.as_fd(), buf, true)
                 .map_err(|e| match e.raw_os_error() {
                 Some(libc::EAGAIN | libc::ECONNRESET) => ChannelError::Closed,
-                _ => ChannelError::Io(e),
+                _ => ChannelError::Io(crate::sys::context(e, "recvmsg on the channel")),
             })?,
-            Err(e) => return Err(ChannelError::Io(e)),
+            // Nothing waiting (`try_recv`): not an error worth a message — and the common case.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(ChannelError::Io(e)),
+            Err(e) => return Err(ChannelError::Io(crate::sys::context(e, "recvmsg on the channel"))),
         };
         // From here on, returning early drops `r.fds`, which closes whatever arrived.
         if r.truncated {
