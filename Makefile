@@ -29,9 +29,13 @@ test:
 bench:
 	$(CARGO) bench
 
+## Formatting, lints, and the dependency promise: without default features the library
+## builds on libc and rustix alone.
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --all-features -- -D warnings
+	$(CARGO) build --lib --no-default-features
+	test "$$($(CARGO) tree --no-default-features -e normal --depth 1 --prefix none | sort -u | grep -cv '^herd ')" = 2
 
 doc:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
