@@ -486,7 +486,11 @@ impl Primary {
                 drop(theirs);
                 let key = self.next_key;
                 self.next_key += 1;
-                self.io().epoll.add(&ours, key, Interest::READABLE)?;
+                if let Err(e) = self.io().epoll.add(&ours, key, Interest::READABLE) {
+                    // A worker the primary cannot hear from must not live on unsupervised.
+                    process::kill_and_wait(pid);
+                    return Err(crate::sys::context(e, format!("watching worker {slot}'s channel")));
+                }
                 let handle = WorkerHandle {
                     id: slot,
                     pid,
@@ -521,12 +525,7 @@ impl Drop for Primary {
             return; // a forked worker's copy
         }
         for w in self.workers.values() {
-            let _ = process::kill(w.pid, libc::SIGKILL);
-        }
-        for w in self.workers.values() {
-            while let Ok(None) = process::reap(w.pid) {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
+            process::kill_and_wait(w.pid);
         }
         let _ = self.saved_mask.set_mask();
     }

@@ -129,3 +129,16 @@ pub fn reap(pid: Pid) -> io::Result<Option<ExitStatus>> {
         }
     }
 }
+
+/// Kills `pid` with SIGKILL and waits for it (`waitpid(pid, 0)`, retrying `EINTR`), so that it
+/// leaves neither a process nor a zombie behind. A child already reaped is not an error.
+pub fn kill_and_wait(pid: Pid) {
+    let _ = kill(pid, libc::SIGKILL);
+    loop {
+        match rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
+            Err(rustix::io::Errno::INTR) => continue,
+            Ok(Some((_, status))) if decode(status).is_none() => continue,
+            _ => return,
+        }
+    }
+}
