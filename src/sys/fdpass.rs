@@ -14,7 +14,7 @@
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
@@ -147,12 +147,4 @@ pub fn peer_closed(sock: BorrowedFd<'_>) -> bool {
     let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
     matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(1))
         && fds[0].revents().intersects(PollFlags::RDHUP | PollFlags::HUP)
-}
-
-/// Sets or clears `O_NONBLOCK` on a descriptor (`fcntl(F_SETFL)`).
-///
-/// Note that `O_NONBLOCK` belongs to the open file description, which `fork` and `SCM_RIGHTS`
-/// share: changing it in one process changes it for every process holding the same socket.
-pub fn set_nonblocking(fd: impl AsFd, nonblocking: bool) -> io::Result<()> {
-    rustix::io::ioctl_fionbio(fd, nonblocking).map_err(|e| super::context(super::from_errno(e), "ioctl(FIONBIO)"))
 }

@@ -107,12 +107,6 @@ pub fn accept(listener: impl AsFd, nonblocking: bool) -> io::Result<OwnedFd> {
     rustix::net::accept_with(listener, flags).map_err(from_errno)
 }
 
-/// Turns off Nagle's algorithm on an accepted TCP connection (`TCP_NODELAY`); ignored for Unix
-/// sockets.
-pub fn set_nodelay(fd: impl AsFd) {
-    let _ = sockopt::set_tcp_nodelay(fd, true);
-}
-
 /// Sets `SO_RCVTIMEO` on a listener: a blocking `accept` then returns `EAGAIN` after `timeout`,
 /// which lets a thread parked in `accept` look up now and then (to notice it should stop).
 pub fn set_accept_timeout(fd: impl AsFd, timeout: std::time::Duration) -> io::Result<()> {

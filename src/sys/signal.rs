@@ -62,11 +62,6 @@ impl SignalSet {
         mask(libc::SIG_BLOCK, self)
     }
 
-    /// Removes this set from the blocked mask (`sigprocmask(SIG_UNBLOCK)`); returns the old mask.
-    pub fn unblock(&self) -> io::Result<SignalSet> {
-        mask(libc::SIG_UNBLOCK, self)
-    }
-
     /// Makes this set the blocked mask (`sigprocmask(SIG_SETMASK)`).
     pub fn set_mask(&self) -> io::Result<()> {
         mask(libc::SIG_SETMASK, self).map(drop)
