@@ -22,7 +22,9 @@ use crate::stats::{Counters, WorkerCounter};
 #[derive(Debug)]
 pub struct Stream {
     inner: Option<StdStream>,
-    closed: Option<(Counters, usize)>,
+    /// The counters and the worker slot whose `closed` count the drop bumps.
+    counters: Counters,
+    slot: usize,
     handed_off: bool,
 }
 
@@ -37,12 +39,12 @@ pub enum StdStream {
 
 impl Stream {
     /// `handed_off`: the descriptor came from the primary, which may still hold a copy.
-    pub(crate) fn new(fd: OwnedFd, kind: StreamKind, counters: Option<(Counters, usize)>, handed_off: bool) -> Stream {
+    pub(crate) fn new(fd: OwnedFd, kind: StreamKind, counters: Counters, slot: usize, handed_off: bool) -> Stream {
         let inner = match kind {
             StreamKind::Tcp => StdStream::Tcp(TcpStream::from(fd)),
             StreamKind::Unix => StdStream::Unix(UnixStream::from(fd)),
         };
-        Stream { inner: Some(inner), closed: counters, handed_off }
+        Stream { inner: Some(inner), counters, slot, handed_off }
     }
 
     fn inner(&self) -> &StdStream {
@@ -105,9 +107,7 @@ impl Drop for Stream {
         if self.handed_off && self.inner.is_some() {
             let _ = self.shutdown(Shutdown::Write);
         }
-        if let Some((counters, slot)) = &self.closed {
-            counters.bump_worker(*slot, WorkerCounter::Closed, 1);
-        }
+        self.counters.bump_worker(self.slot, WorkerCounter::Closed, 1);
     }
 }
 

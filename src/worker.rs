@@ -324,7 +324,7 @@ impl Worker {
             match accept::accept(&watch.listener) {
                 Accepted::Connection(fd) => {
                     self.counters.bump_worker(self.id, WorkerCounter::Accepts, 1);
-                    let stream = Stream::new(fd, self.kind, Some((self.counters.clone(), self.id)), false);
+                    let stream = Stream::new(fd, self.kind, self.counters.clone(), self.id, false);
                     self.events.push_back(WorkerEvent::Connection(stream));
                 }
                 Accepted::Empty => self.counters.bump_worker(self.id, WorkerCounter::Eagains, 1),
@@ -355,7 +355,7 @@ impl Worker {
         let mut fds: Vec<OwnedFd> = Vec::new();
         acceptor.drain(&mut fds);
         for fd in fds {
-            let stream = Stream::new(fd, self.kind, Some((self.counters.clone(), self.id)), false);
+            let stream = Stream::new(fd, self.kind, self.counters.clone(), self.id, false);
             self.events.push_back(WorkerEvent::Connection(stream));
         }
         if self.state == State::Stopping && acceptor.finished() {
@@ -378,7 +378,7 @@ impl Worker {
                     Message::Handoff { .. } => {
                         let fd = received.fds.into_iter().next().expect("a handoff frame carries one descriptor");
                         self.counters.bump_worker(self.id, WorkerCounter::HandoffsReceived, 1);
-                        let stream = Stream::new(fd, self.kind, Some((self.counters.clone(), self.id)), true);
+                        let stream = Stream::new(fd, self.kind, self.counters.clone(), self.id, true);
                         self.events.push_back(WorkerEvent::Connection(stream));
                         settle.push(true);
                     }

@@ -417,6 +417,11 @@ impl Primary {
             self.on_channel_closed(key);
             return Ok(());
         }
+        // A readable channel means the worker sent something: it is alive (one clock read per
+        // wakeup, not per frame).
+        if let Some(w) = self.workers.get_mut(&key) {
+            w.last_seen = Instant::now();
+        }
         loop {
             let Some(w) = self.workers.get_mut(&key) else { return Ok(()) };
             let (id, pid) = (w.id, w.pid());
@@ -436,7 +441,6 @@ impl Primary {
                     continue;
                 }
             };
-            w.last_seen = Instant::now();
             let workers = &self.workers;
             let channel_of = |k: u64| workers.get(&k).filter(|w| w.connected).map(|w| &w.channel);
             match received.message {
