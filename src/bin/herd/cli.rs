@@ -11,6 +11,26 @@ pub fn usage_error(message: impl Display) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// Prints `herd COMMAND: {message}` and returns exit code 2 (bad usage of a subcommand).
+pub fn command_error(command: &str, message: impl Display) -> ExitCode {
+    eprintln!("herd {command}: {message}");
+    ExitCode::from(2)
+}
+
+/// What a subcommand's argument parser returned, turned into the arguments or the exit code:
+/// `Ok(None)` (`--help`) prints `help` and exits 0; an error prints
+/// `herd COMMAND: ERROR (see herd COMMAND --help)` and exits 2.
+pub fn arguments<T>(command: &str, help: &str, parsed: Result<Option<T>, String>) -> Result<T, ExitCode> {
+    match parsed {
+        Ok(Some(args)) => Ok(args),
+        Ok(None) => {
+            print!("{help}");
+            Err(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(command_error(command, format!("{e} (see herd {command} --help)"))),
+    }
+}
+
 /// Parses an option's value, naming the option in the error.
 pub fn parse<T>(parser: &mut lexopt::Parser, option: &str) -> Result<T, String>
 where

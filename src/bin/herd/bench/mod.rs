@@ -224,13 +224,9 @@ fn exclusive(current: Output, wanted: Output) -> Result<Output, String> {
 
 /// Entry point of `herd bench`; `parser` is positioned just after the `bench` word.
 pub fn main(parser: lexopt::Parser) -> ExitCode {
-    let args = match parse_args(parser) {
-        Ok(Some(args)) => args,
-        Ok(None) => {
-            print!("{HELP}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => return cli::usage_error(format!("bench: {e}")),
+    let args = match cli::arguments("bench", HELP, parse_args(parser)) {
+        Ok(args) => args,
+        Err(code) => return code,
     };
     let run = Run {
         workers: args.workers,

@@ -104,16 +104,9 @@ struct Cli {
 
 /// Entry point of `herd load`; `args` is positioned just after the `load` word.
 pub fn main(args: lexopt::Parser) -> ExitCode {
-    let cli = match parse_args(args) {
-        Ok(Some(cli)) => cli,
-        Ok(None) => {
-            print!("{HELP}");
-            return ExitCode::SUCCESS;
-        }
-        Err(msg) => {
-            eprintln!("herd load: {msg} (see herd load --help)");
-            return ExitCode::from(2);
-        }
+    let cli = match crate::cli::arguments("load", HELP, parse_args(args)) {
+        Ok(cli) => cli,
+        Err(code) => return code,
     };
     match run(&cli.config) {
         Ok(report) => {

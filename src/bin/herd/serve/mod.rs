@@ -170,17 +170,13 @@ fn mode_of(args: &Args) -> Result<Mode, String> {
 }
 
 pub fn main(parser: lexopt::Parser) -> ExitCode {
-    let args = match parse_args(parser) {
-        Ok(Some(args)) => args,
-        Ok(None) => {
-            print!("{HELP}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => return cli::usage_error(e),
+    let args = match cli::arguments("serve", HELP, parse_args(parser)) {
+        Ok(args) => args,
+        Err(code) => return code,
     };
     let mode = match mode_of(&args) {
         Ok(m) => m,
-        Err(e) => return cli::usage_error(e),
+        Err(e) => return cli::command_error("serve", e),
     };
     let mut builder = Cluster::builder(args.listen.clone())
         .mode(mode)
@@ -200,7 +196,7 @@ pub fn main(parser: lexopt::Parser) -> ExitCode {
     // Everything up to here is the user's input: a failure is bad usage (exit 2).
     let cluster = match builder.bind() {
         Ok(c) => c,
-        Err(e) => return cli::usage_error(e),
+        Err(e) => return cli::command_error("serve", e),
     };
     let workers = cluster.config().workers;
     eprintln!(
