@@ -3,92 +3,16 @@
 use std::io;
 use std::time::Duration;
 
-use crate::listener::{BindOptions, Listener, UnixPath};
-use crate::mode::{Mode, handoff, reuseport, shared};
-use crate::primary::Primary;
+use crate::config::{Config, Heartbeat, MAX_WORKERS};
+use crate::listener::{BindOptions, UnixPath};
+use crate::mode::{self, Distribution, Mode};
+use crate::primary::{Bound, Primary};
 use crate::stats::{Counters, Snapshot};
 use crate::worker::Worker;
 use crate::{Event, ListenAddr};
 
-/// The default `listen(2)` backlog.
-pub const DEFAULT_BACKLOG: i32 = 1024;
-/// The default time workers get to finish their connections on a graceful shutdown before
-/// they are killed.
-pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
-/// The default restart limit: more than 10 restarts within 60 s and the primary gives up (the
-/// figures of the restart-limit pattern in the documents herd grew from).
-pub const DEFAULT_RESTART_LIMIT: usize = 10;
-/// The default window for [`DEFAULT_RESTART_LIMIT`].
-pub const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(60);
-/// The default time a reload waits for a new worker to report `listening`.
-pub const DEFAULT_RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// With [`Builder::defer_accept`]: how long the kernel holds a silent connection back.
 const DEFER_ACCEPT_SECONDS: i32 = 1;
-/// How many worker slots the counter region holds (the most workers a cluster can ever have).
-pub const MAX_WORKERS: usize = 1024;
-
-/// A cluster's settings. Build one with [`Cluster::builder`].
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// Where to listen.
-    pub listen: ListenAddr,
-    /// How connections reach workers.
-    pub mode: Mode,
-    /// How many workers (default: the number of CPUs).
-    pub workers: usize,
-    /// The `listen(2)` backlog.
-    pub backlog: i32,
-    /// Handoff mode: unacknowledged handoffs allowed per worker.
-    pub handoff_window: usize,
-    /// Handoff mode: connections the primary may queue before it stops accepting.
-    pub handoff_queue_limit: usize,
-    /// How long a graceful shutdown waits before killing workers.
-    pub shutdown_timeout: Duration,
-    /// TCP: set `TCP_DEFER_ACCEPT`, so connections are accepted once their first data arrived.
-    pub defer_accept: bool,
-    /// Give up after more than this many restarts within [`restart_window`](Self::restart_window).
-    pub restart_limit: usize,
-    /// The window restarts are counted in.
-    pub restart_window: Duration,
-    /// Ping each worker this often, and kill one silent for longer than the timeout; `None`: off.
-    pub heartbeat: Option<Heartbeat>,
-    /// How long a reload waits for each new worker to report `listening`.
-    pub reload_timeout: Duration,
-}
-
-/// Heartbeat settings: the primary pings every `interval`; a worker silent for `timeout` is
-/// hung, and is killed and replaced.
-///
-/// A worker answers pings from inside herd's calls ([`crate::Worker::poll`],
-/// [`crate::Worker::try_event`], [`crate::Worker::incoming`]...), so `timeout` must exceed the
-/// longest time the worker's code spends away from them — with the blocking iterator, the time it
-/// takes to serve one connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Heartbeat {
-    /// How often to ping.
-    pub interval: Duration,
-    /// How long a worker may stay silent.
-    pub timeout: Duration,
-}
-
-impl Config {
-    fn new(listen: ListenAddr) -> Config {
-        Config {
-            listen,
-            mode: Mode::default(),
-            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            backlog: DEFAULT_BACKLOG,
-            handoff_window: handoff::DEFAULT_WINDOW,
-            handoff_queue_limit: handoff::DEFAULT_QUEUE_LIMIT,
-            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
-            defer_accept: false,
-            restart_limit: DEFAULT_RESTART_LIMIT,
-            restart_window: DEFAULT_RESTART_WINDOW,
-            heartbeat: None,
-            reload_timeout: DEFAULT_RELOAD_TIMEOUT,
-        }
-    }
-}
 
 /// Builds a [`Cluster`].
 #[derive(Clone, Debug)]
@@ -109,14 +33,14 @@ impl Builder {
         self
     }
 
-    /// The `listen(2)` backlog (default [`DEFAULT_BACKLOG`]).
+    /// The `listen(2)` backlog (default [`crate::DEFAULT_BACKLOG`]).
     pub fn backlog(mut self, backlog: i32) -> Builder {
         self.config.backlog = backlog;
         self
     }
 
-    /// Handoff mode: the window of unacknowledged handoffs per worker (default
-    /// [`handoff::DEFAULT_WINDOW`]).
+    /// Handoff mode: the window of handoffs in flight per worker (default
+    /// [`crate::mode::handoff::DEFAULT_WINDOW`]).
     pub fn handoff_window(mut self, window: usize) -> Builder {
         self.config.handoff_window = window;
         self
@@ -151,6 +75,43 @@ impl Builder {
         self
     }
 
+    /// Handoff mode: how many connections may wait in the primary's queue before it stops
+    /// accepting, leaving the rest in the kernel's backlog (default
+    /// [`crate::mode::handoff::DEFAULT_QUEUE_LIMIT`]).
+    pub fn handoff_queue_limit(mut self, limit: usize) -> Builder {
+        self.config.handoff_queue_limit = limit;
+        self
+    }
+
+    /// Whether the primary takes the signals that drive it (default `true`): SIGINT and SIGTERM
+    /// (graceful shutdown), SIGQUIT (immediate), SIGHUP (reload), SIGTTIN / SIGTTOU (one worker
+    /// more or fewer). It blocks them and reads them from a signalfd in its own loop.
+    ///
+    /// With `false` the primary leaves every signal to the host program, which then calls
+    /// [`Primary::shutdown`], [`Primary::reload`] and [`Primary::scale`] itself — the way to
+    /// embed the primary in a program that has its own signal handling (a tokio runtime, say).
+    pub fn handle_signals(mut self, on: bool) -> Builder {
+        self.config.handle_signals = on;
+        self
+    }
+
+    /// Whether the primary may fork while other threads exist (default `false`).
+    ///
+    /// herd forks without exec, so a worker starts as a copy of the primary — including a copy
+    /// of every lock another thread held at that instant, with no thread left to release it.
+    /// By default herd refuses to fork while `/proc/self/task` lists a user thread besides the
+    /// caller, and treats the refusal like any failed fork: reported as
+    /// [`Event::SpawnFailed`], retried with back-off. Threads the kernel owns (io_uring's
+    /// `iou-wrk-*`) do not count.
+    ///
+    /// Pass `true` if you know that no other thread of the primary holds a lock the workers will
+    /// take (a thread that only sleeps in a system call, say, or one that touches no lock the
+    /// worker code uses).
+    pub fn allow_threads(mut self, allow: bool) -> Builder {
+        self.config.allow_threads = allow;
+        self
+    }
+
     /// TCP only: accept connections only once the client has sent data (`TCP_DEFER_ACCEPT`, as
     /// nginx's `deferred`), so a worker wakes once per connection, with the request there.
     /// Default off.
@@ -182,63 +143,33 @@ impl Builder {
         if config.handoff_window == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "handoff window must be at least 1"));
         }
-        let unix_path = match &config.listen {
+        let mut unix_path = match &config.listen {
             ListenAddr::Unix(path) if config.mode != Mode::Reuseport => Some(UnixPath::claim(path)?),
             _ => None,
         };
-        let base = BindOptions {
+        let options = BindOptions {
             reuseport: false,
             backlog: config.backlog,
             nonblocking: true,
             defer_accept: config.defer_accept.then_some(DEFER_ACCEPT_SECONDS),
         };
-        let (listeners, local_addr) = match config.mode {
-            Mode::Shared(strategy) => {
-                let l = shared::bind(&config.listen, strategy, base)?;
-                let addr = local_addr(&config.listen, &l)?;
-                (Listeners::Shared(l), addr)
-            }
-            Mode::Handoff => {
-                let l = handoff::bind(&config.listen, base)?;
-                let addr = local_addr(&config.listen, &l)?;
-                (Listeners::Handoff(l), addr)
-            }
-            Mode::Reuseport => {
-                let (ls, addr) = reuseport::bind(&config.listen, config.workers, base)?;
-                (Listeners::Reuseport(ls.into_iter().map(Some).collect()), addr)
-            }
-        };
+        let (mode, local_addr) = mode::bind(config.mode, &config.listen, config.workers, options)?;
+        if let Some(path) = &mut unix_path {
+            path.bound();
+        }
         let counters = Counters::new(MAX_WORKERS)?;
-        Ok(Cluster { config, local_addr, listeners, unix_path, counters, bind_options: base })
+        Ok(Cluster { config, local_addr, mode, unix_path, counters })
     }
-}
-
-fn local_addr(requested: &ListenAddr, listener: &Listener) -> io::Result<ListenAddr> {
-    match requested {
-        ListenAddr::Tcp(_) => Ok(ListenAddr::Tcp(listener.tcp_addr()?)),
-        unix => Ok(unix.clone()),
-    }
-}
-
-/// The listening sockets, owned by the primary.
-#[derive(Debug)]
-pub(crate) enum Listeners {
-    Shared(Listener),
-    Handoff(Listener),
-    /// Slot `i`'s listener at index `i`.
-    Reuseport(Vec<Option<Listener>>),
 }
 
 /// A configured cluster with its listener(s) bound, ready to [`start`](Cluster::start).
 #[derive(Debug)]
 pub struct Cluster {
-    pub(crate) config: Config,
-    pub(crate) local_addr: ListenAddr,
-    pub(crate) listeners: Listeners,
-    pub(crate) unix_path: Option<UnixPath>,
-    pub(crate) counters: Counters,
-    /// How the listeners were made, to make more (reuseport scaling up).
-    pub(crate) bind_options: BindOptions,
+    config: Config,
+    local_addr: ListenAddr,
+    mode: Box<dyn Distribution>,
+    unix_path: Option<UnixPath>,
+    counters: Counters,
 }
 
 impl Cluster {
@@ -274,13 +205,19 @@ impl Cluster {
     /// Forks the workers, each running `worker_main` in its own process, and returns the
     /// primary's handle. Drive it with [`Primary::next_event`].
     ///
-    /// The calling process must be single-threaded: herd forks with a raw `fork`, and refuses
-    /// (`Unsupported`) when other threads exist.
+    /// The calling process must be single-threaded (see [`Builder::allow_threads`]): herd
+    /// forks with a raw `fork`.
+    ///
+    /// # Errors
+    /// The set-up of the primary's descriptors failing, or no worker at all could be forked —
+    /// the first fork's error then. Forks that fail after the first are reported as
+    /// [`Event::SpawnFailed`] and retried.
     pub fn start<F>(self, worker_main: F) -> io::Result<Primary>
     where
         F: FnMut(&mut Worker) -> io::Result<()> + 'static,
     {
-        Primary::start(self, Box::new(worker_main))
+        let Cluster { config, local_addr, mode, unix_path, counters } = self;
+        Primary::start(Bound { config, local_addr, mode, unix_path, counters }, Box::new(worker_main))
     }
 
     /// [`start`](Self::start), then run the primary until it shuts down (on SIGINT, SIGTERM or

@@ -10,6 +10,7 @@ use crate::sys::process::ExitStatus;
 ///
 /// `id` is the worker's slot (0 to N-1, kept by replacements); `pid` tells generations apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// A worker process was forked.
     Fork {
@@ -96,6 +97,30 @@ pub enum Event {
         /// The window.
         within: Duration,
     },
+    /// A worker could not be forked (`socketpair`, `fork` or `pidfd_open` failed, or the primary
+    /// had other threads). The primary goes on with the workers it has and tries the slot again
+    /// after `retry_in`, doubling the wait while the failure lasts (up to 2 s); `None` when it
+    /// does not retry (a reload's new worker: the old one keeps the slot). Failed forks do not
+    /// count toward the restart limit: only workers that ran and died do.
+    SpawnFailed {
+        /// The slot.
+        id: usize,
+        /// What failed, naming the call.
+        error: String,
+        /// When the slot is tried again.
+        retry_in: Option<Duration>,
+    },
+    /// Something went wrong that the program should know of, without stopping anything: a
+    /// worker's accept loop backing off, a bad frame, a setting that weakens a guarantee. The
+    /// library never prints; this is where it speaks.
+    Warning {
+        /// The worker it concerns (`None`: the primary itself).
+        id: Option<usize>,
+        /// That worker's pid.
+        pid: Option<u32>,
+        /// What happened.
+        message: String,
+    },
     /// The primary began shutting down, on this signal (or 0 if asked by the program).
     Shutdown {
         /// The signal number.
@@ -107,6 +132,7 @@ pub enum Event {
 
 /// The phases of a rolling reload.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ReloadPhase {
     /// New workers were forked; old ones keep serving until their replacements listen.
     Started,
@@ -124,6 +150,7 @@ impl fmt::Display for ExitStatus {
         match self {
             ExitStatus::Code(c) => write!(f, "code {c}"),
             ExitStatus::Signal(s) => write!(f, "signal {s}"),
+            ExitStatus::Unknown => write!(f, "status unknown (reaped elsewhere)"),
         }
     }
 }
@@ -159,6 +186,14 @@ impl fmt::Display for Event {
                 "giving up: {restarts} restarts within {}s exceeds the restart limit; stopping every worker",
                 within.as_secs()
             ),
+            Event::SpawnFailed { id, error, retry_in: Some(delay) } => {
+                write!(f, "spawn failed worker={id}: {error}; retrying in {:.2}s", delay.as_secs_f64())
+            }
+            Event::SpawnFailed { id, error, retry_in: None } => write!(f, "spawn failed worker={id}: {error}"),
+            Event::Warning { id: Some(id), pid: Some(pid), message } => {
+                write!(f, "warning worker={id} pid={pid}: {message}")
+            }
+            Event::Warning { message, .. } => write!(f, "warning primary: {message}"),
             Event::Shutdown { signal, graceful } => {
                 write!(f, "shutdown signal={signal} {}", if *graceful { "graceful" } else { "immediate" })
             }

@@ -60,6 +60,7 @@
 //! Linux only (epoll, `EPOLLEXCLUSIVE`, signalfd, `SO_REUSEPORT` load balancing,
 //! `PR_SET_PDEATHSIG`); building for another OS is a compile error.
 #![deny(missing_docs)]
+#![deny(unsafe_code)]
 #[cfg(not(target_os = "linux"))]
 compile_error!("herd is Linux-only: it is built on epoll, signalfd, SO_REUSEPORT, EPOLLEXCLUSIVE and PR_SET_PDEATHSIG");
 
@@ -67,6 +68,7 @@ pub mod accept;
 mod addr;
 pub mod channel;
 mod cluster;
+mod config;
 mod event;
 mod listener;
 pub mod mode;
@@ -77,8 +79,9 @@ pub mod sys;
 mod worker;
 
 pub use addr::{AddrParseError, ListenAddr};
-pub use cluster::{
-    Builder, Cluster, Config, DEFAULT_BACKLOG, DEFAULT_RELOAD_TIMEOUT, DEFAULT_RESTART_LIMIT, DEFAULT_RESTART_WINDOW,
+pub use cluster::{Builder, Cluster};
+pub use config::{
+    Config, DEFAULT_BACKLOG, DEFAULT_RELOAD_TIMEOUT, DEFAULT_RESTART_LIMIT, DEFAULT_RESTART_WINDOW,
     DEFAULT_SHUTDOWN_TIMEOUT, Heartbeat, MAX_WORKERS,
 };
 pub use event::{Event, ReloadPhase};

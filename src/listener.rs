@@ -64,11 +64,20 @@ impl AsFd for Listener {
 }
 
 /// A Unix socket path this primary bound: removed again when the primary (and only the primary,
-/// not a forked worker holding a copy) drops it.
+/// not a forked worker holding a copy) drops it — and only if the socket file there is still the
+/// one it bound, so that a failed bind, or another server that took the path since, loses
+/// nothing.
 #[derive(Debug)]
 pub(crate) struct UnixPath {
     path: PathBuf,
     owner: rustix::process::Pid,
+    /// (device, inode) of the socket file once bound.
+    bound: Option<(u64, u64)>,
+}
+
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl UnixPath {
@@ -96,14 +105,48 @@ impl UnixPath {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(crate::sys::context(e, format!("stat({})", path.display()))),
         }
-        Ok(UnixPath { path: path.to_owned(), owner: rustix::process::getpid() })
+        Ok(UnixPath { path: path.to_owned(), owner: rustix::process::getpid(), bound: None })
+    }
+
+    /// The bind succeeded: the socket file now at the path is ours to remove.
+    pub(crate) fn bound(&mut self) {
+        self.bound = identity(&self.path);
     }
 }
 
 impl Drop for UnixPath {
     fn drop(&mut self) {
-        if rustix::process::getpid() == self.owner {
+        if rustix::process::getpid() == self.owner && self.bound.is_some() && identity(&self.path) == self.bound {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claimed_path_whose_bind_failed_leaves_another_servers_socket_alone() {
+        let path = std::env::temp_dir().join(format!("herd-unixpath-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let claim = UnixPath::claim(&path).unwrap();
+        // Another server binds the path before we do; our bind fails, and we drop the claim.
+        let theirs = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        drop(claim);
+        assert!(path.exists(), "the other server's socket file was removed");
+        drop(theirs);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_bound_path_is_removed_on_drop() {
+        let path = std::env::temp_dir().join(format!("herd-unixpath-bound-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let mut claim = UnixPath::claim(&path).unwrap();
+        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        claim.bound();
+        drop(claim);
+        assert!(!path.exists());
     }
 }

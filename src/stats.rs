@@ -27,7 +27,8 @@ pub struct WorkerStats {
     pub eagains: u64,
     /// Connections received from the primary over the channel (handoff mode).
     pub handoffs_received: u64,
-    /// Handoffs acknowledged back to the primary.
+    /// Handoffs acknowledged back to the primary (acknowledgements go every half window, so
+    /// this trails `handoffs_received` by less than that).
     pub handoffs_acked: u64,
     /// Connections the worker finished with (its [`crate::Stream`] was dropped or released).
     pub closed: u64,

@@ -11,21 +11,16 @@ use crate::stats::{Counters, WorkerCounter};
 /// An accepted connection: a [`TcpStream`] or a [`UnixStream`].
 ///
 /// Whether the worker accepted it itself (shared, reuseport) or received it from the primary
-/// (handoff), it is the same kind of value. Dropping it closes the connection and counts it in
-/// the worker's `closed` counter.
-///
-/// A handed-off stream is also shut down for writing when dropped (`shutdown(SHUT_WR)`): the
-/// primary may not have closed its copy of the descriptor yet (it does when it reads the
-/// worker's acknowledgement), and a socket sends its FIN only when its *last* descriptor closes
-/// — so without the shutdown, a client reading to end of file would wait for the primary to
-/// wake up.
+/// (handoff), it is the same kind of value and behaves the same way: the worker holds the only
+/// descriptor of it (the primary closes its own as soon as it has handed the connection on), so
+/// dropping it — or the std stream [`into_std`](Stream::into_std) gave — closes the connection
+/// and sends its FIN. Dropping it also counts it in the worker's `closed` counter.
 #[derive(Debug)]
 pub struct Stream {
     inner: Option<StdStream>,
     /// The counters and the worker slot whose `closed` count the drop bumps.
     counters: Counters,
     slot: usize,
-    handed_off: bool,
 }
 
 /// The standard-library stream inside a [`Stream`].
@@ -38,13 +33,12 @@ pub enum StdStream {
 }
 
 impl Stream {
-    /// `handed_off`: the descriptor came from the primary, which may still hold a copy.
-    pub(crate) fn new(fd: OwnedFd, kind: StreamKind, counters: Counters, slot: usize, handed_off: bool) -> Stream {
+    pub(crate) fn new(fd: OwnedFd, kind: StreamKind, counters: Counters, slot: usize) -> Stream {
         let inner = match kind {
             StreamKind::Tcp => StdStream::Tcp(TcpStream::from(fd)),
             StreamKind::Unix => StdStream::Unix(UnixStream::from(fd)),
         };
-        Stream { inner: Some(inner), counters, slot, handed_off }
+        Stream { inner: Some(inner), counters, slot }
     }
 
     fn inner(&self) -> &StdStream {
@@ -104,9 +98,6 @@ impl Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        if self.handed_off && self.inner.is_some() {
-            let _ = self.shutdown(Shutdown::Write);
-        }
         self.counters.bump_worker(self.slot, WorkerCounter::Closed, 1);
     }
 }

@@ -33,6 +33,8 @@ struct Shared {
     queue: Mutex<VecDeque<OwnedFd>>,
     stop: AtomicBool,
     finished: AtomicBool,
+    /// Why the thread ended, when it was not asked to.
+    failure: Mutex<Option<io::Error>>,
 }
 
 /// The accepting thread and its queue.
@@ -72,6 +74,11 @@ impl BlockingAcceptor {
         self.shared.stop.store(true, Ordering::Release);
     }
 
+    /// Why the thread ended on its own (an `accept4` error the table calls fatal), once.
+    pub(crate) fn take_failure(&self) -> Option<io::Error> {
+        self.shared.failure.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
     /// Whether the thread has ended, with every connection it accepted queued. Joins it.
     pub(crate) fn finished(&mut self) -> bool {
         if !self.shared.finished.load(Ordering::Acquire) {
@@ -102,7 +109,8 @@ fn accept_until_stopped(listener: &Listener, shared: &Shared, wake: &EventFd, co
             Accepted::Empty | Accepted::Retry => {}
             Accepted::BackOff(_) => std::thread::sleep(super::BACKOFF),
             Accepted::Failed(e) => {
-                eprintln!("herd: worker {slot}: accept thread stopping: accept4: {e}");
+                *shared.failure.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(crate::sys::context(e, format!("worker {slot}: the accept thread stopped: accept4")));
                 break;
             }
         }

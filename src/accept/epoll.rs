@@ -1,17 +1,17 @@
 //! The epoll accept backend: how a worker's epoll instance watches its listener.
 //!
-//! Three ways, one per shared-mode strategy (reuseport uses [`Watch::Level`] on its own
+//! Three ways, one per shared-mode strategy (reuseport uses [`Wait::Level`] on its own
 //! listener, where there is nobody to race):
 //!
-//! - [`Watch::Level`] — a plain level-triggered `EPOLLIN`. When every worker's epoll watches
+//! - [`Wait::Level`] — a plain level-triggered `EPOLLIN`. When every worker's epoll watches
 //!   the same listener, each new connection wakes *every* idle worker; one wins `accept`, the
 //!   others get `EAGAIN` and go back to sleep. That is the thundering herd, kept on purpose so
 //!   it can be measured.
-//! - [`Watch::Exclusive`] — `EPOLLEXCLUSIVE` (Linux 4.5): the kernel wakes one idle waiter
+//! - [`Wait::Exclusive`] — `EPOLLEXCLUSIVE` (Linux 4.5): the kernel wakes one idle waiter
 //!   instead of all. No herd, but the kernel tries the epoll instances in the order they were
 //!   registered on the listener, so under light load the first idle worker gets nearly every
 //!   connection.
-//! - [`Watch::Rotate`] — `EPOLLEXCLUSIVE`, re-armed after every wakeup: `EPOLL_CTL_DEL` then
+//! - [`Wait::Rotate`] — `EPOLLEXCLUSIVE`, re-armed after every wakeup: `EPOLL_CTL_DEL` then
 //!   `EPOLL_CTL_ADD` moves this worker's entry to the tail of the listener's wait queue, so the
 //!   next connection goes to the next idle worker. Two extra system calls per wakeup buy
 //!   round-robin fairness with no herd and no extra thread (this is what the proposed
@@ -24,36 +24,27 @@
 
 use std::io;
 
+use super::Wait;
 use crate::listener::Listener;
 use crate::sys::epoll::{Epoll, Interest};
-
-/// How the worker's epoll watches the listener.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Watch {
-    /// Level-triggered `EPOLLIN` (the herd).
-    Level,
-    /// `EPOLLEXCLUSIVE`.
-    Exclusive,
-    /// `EPOLLEXCLUSIVE`, moved to the tail of the wait queue after each wakeup.
-    Rotate,
-}
 
 /// A listener registered (or not, while backing off) in a worker's epoll.
 #[derive(Debug)]
 pub(crate) struct ListenerWatch {
     pub(crate) listener: Listener,
-    watch: Watch,
+    wait: Wait,
     token: u64,
     armed: bool,
 }
 
 impl ListenerWatch {
-    pub(crate) fn new(listener: Listener, watch: Watch, token: u64) -> ListenerWatch {
-        ListenerWatch { listener, watch, token, armed: false }
+    /// `wait` is one of the epoll ways ([`Wait::Level`], [`Wait::Exclusive`], [`Wait::Rotate`]).
+    pub(crate) fn new(listener: Listener, wait: Wait, token: u64) -> ListenerWatch {
+        ListenerWatch { listener, wait, token, armed: false }
     }
 
     fn interest(&self) -> Interest {
-        Interest { exclusive: self.watch != Watch::Level, ..Interest::READABLE }
+        Interest { exclusive: self.wait != Wait::Level, ..Interest::READABLE }
     }
 
     /// Starts watching (`EPOLL_CTL_ADD`).
@@ -76,7 +67,7 @@ impl ListenerWatch {
 
     /// Called once the worker has drained the listener after a wakeup.
     pub(crate) fn after_wakeup(&mut self, epoll: &Epoll) -> io::Result<()> {
-        if self.watch == Watch::Rotate && self.armed {
+        if self.wait == Wait::Rotate && self.armed {
             self.disarm(epoll)?;
             self.arm(epoll)?;
         }

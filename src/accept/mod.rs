@@ -23,6 +23,29 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
+use crate::listener::Listener;
+
+/// How a worker waits for connections on its listener (the mode decides; see
+/// [`crate::mode::Distribution::worker_accept`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Level-triggered epoll: on a shared listener, every idle worker wakes (the herd).
+    Level,
+    /// `EPOLLEXCLUSIVE`: one wakes, the first registered first.
+    Exclusive,
+    /// `EPOLLEXCLUSIVE`, re-armed at the tail of the wait queue after each wakeup.
+    Rotate,
+    /// A thread parked in a blocking `accept` (the kernel's FIFO of exclusive waiters).
+    Thread,
+}
+
+/// A listener a worker accepts on, and how it waits on it.
+#[derive(Debug)]
+pub(crate) struct WorkerAccept {
+    pub(crate) listener: Listener,
+    pub(crate) wait: Wait,
+}
+
 /// How long a worker stops accepting after running out of descriptors.
 pub const BACKOFF: Duration = Duration::from_millis(100);
 

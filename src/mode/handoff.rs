@@ -1,20 +1,37 @@
 //! **handoff** — only the primary accepts; it passes each connection's descriptor to a worker
-//! over the channel (`sendmsg` with `SCM_RIGHTS`), in round-robin order. This is Node's
-//! `cluster` default (`SCHED_RR`, its `RoundRobinHandle`).
+//! over the worker's **lane** (`sendmsg` with `SCM_RIGHTS`), in round-robin order. This is
+//! Node's `cluster` default (`SCHED_RR`, its `RoundRobinHandle`).
 //!
-//! As in Node:
-//! - the worker **acknowledges** each connection (herd batches the acks: one `Ack{n}` per
-//!   channel drain);
-//! - the primary **keeps its copy** of the descriptor until that acknowledgement. If the worker
-//!   dies first, its unacknowledged connections are still open in the primary, and go to another
-//!   worker instead of being lost (`requeued`);
-//! - a connection that finds no worker with room waits in the primary's **queue** (a
-//!   `VecDeque`: O(1) at both ends).
+//! # Exactly once, without keeping copies
 //!
-//! Flow control is a per-worker **window**: at most `window` unacknowledged handoffs per
-//! worker. Node's window is 1 (a worker gets its next connection after acknowledging the last).
-//! A larger window keeps the primary from waiting on a worker's round trip; see
-//! [`DEFAULT_WINDOW`] for the figure it was chosen by.
+//! Node keeps its handle on each connection until the worker acknowledges it, so that a worker
+//! that dies first loses nothing. herd gets the same guarantee a cheaper way, and without the
+//! copy: each worker's lane is a socket pair, and the primary keeps a descriptor for the
+//! *worker's* end too. When a worker dies, every handoff it never read is still queued in that
+//! end — so the primary reads them back (`reclaim`) and gives them to another worker. A handoff
+//! the worker did read was its own; it is never given to anyone else. So each connection is
+//! served once, by construction, and the primary closes its descriptor of a connection as soon
+//! as `sendmsg` returns: a handed-off connection behaves like an accepted one in every way
+//! (its FIN goes out when the worker closes it).
+//!
+//! The worker, for its part, never loses a handoff to a full descriptor table (see
+//! [`crate::channel::Channel::try_recv_keeping_fds`]): when it runs out of descriptors it stops
+//! reading its lane and says so (`Pressure`); the primary takes back everything queued in the
+//! lane and gives it to the others (`Reclaimed`), and the worker resumes (`Resume`) once it has
+//! room again.
+//!
+//! # Flow control
+//!
+//! A per-worker **window**: at most `window` handoffs in flight (sent, and neither acknowledged
+//! nor reclaimed) per worker. Acknowledgements only open the window, so the worker sends one
+//! for every half window it receives, not one per connection: under light load the primary is
+//! not woken once more per connection to read an ack. Connections that find no worker with room
+//! wait in the primary's **queue** (a `VecDeque`: O(1) at both ends, arrival order kept), and
+//! go out in batches — one `sendmsg` carries up to [`MAX_FDS`] of them to one worker.
+//!
+//! A send that fails for a passing reason (`ENOBUFS`, `ENOMEM`, `ETOOMANYREFS`, `EMFILE`...)
+//! takes that lane out of rotation for a back-off that doubles from 1 ms up to 1 s, and the
+//! connection goes to another worker or waits; nothing spins and no lane is given up for good.
 //!
 //! Round-robin skips a worker whose window is full, so shares are exact only while no window
 //! fills — with a healthy cluster, whenever fewer than `window` connections are in flight per
@@ -22,56 +39,152 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
 
+use super::{Distribution, Slots};
 use crate::ListenAddr;
-use crate::channel::{Channel, ChannelError, Message};
+use crate::accept::WorkerAccept;
+use crate::channel::{Channel, ChannelError, MAX_FDS, Message};
 use crate::listener::{BindOptions, Listener};
 use crate::stats::{Counters, PrimaryCounter};
 
-/// The default window of unacknowledged handoffs per worker.
+/// The default window of handoffs in flight per worker.
 ///
 /// Measured on the project's 2-core machine (4 workers, `herd load -c 64` churn, 3 s runs,
 /// two rounds, 2026-11-21): a window of 1 — Node's — gave 20.4–21.3k requests/s; windows of 2
 /// to 128 all gave 20.7–25.9k, the same within this machine's ±10 % noise. Windows below 16
 /// queued 25–65k connections in the primary and shifted shares (Jain 0.9986–0.9999); from 16
 /// up (64 in flight over 4 workers) nothing queued and round-robin was exact (Jain 1.0). 32
-/// keeps it exact up to 128 connections in flight on 4 workers, and a larger window costs
-/// nothing but the descriptors the primary holds anyway.
+/// keeps it exact up to 128 connections in flight on 4 workers.
 pub const DEFAULT_WINDOW: usize = 32;
 
 /// The default limit on connections waiting in the primary's queue; beyond it the primary stops
 /// accepting, and connections wait in the kernel's backlog instead.
 pub const DEFAULT_QUEUE_LIMIT: usize = 4096;
 
-/// Creates the primary's (non-blocking) listener.
-pub(crate) fn bind(addr: &ListenAddr, base: BindOptions) -> io::Result<Listener> {
-    Listener::bind(addr, BindOptions { reuseport: false, nonblocking: true, ..base })
+/// The first back-off after a transient send error; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Handoff mode: the primary's one listener.
+#[derive(Debug)]
+pub(crate) struct Handoff {
+    listener: Listener,
 }
 
-/// One worker's lane: its unacknowledged handoffs, oldest first.
+impl Handoff {
+    /// Creates the primary's (non-blocking) listener.
+    pub(crate) fn bind(addr: &ListenAddr, base: BindOptions) -> io::Result<(Handoff, ListenAddr)> {
+        let listener = Listener::bind(addr, BindOptions { reuseport: false, nonblocking: true, ..base })?;
+        let bound = super::bound_addr(addr, &listener)?;
+        Ok((Handoff { listener }, bound))
+    }
+}
+
+impl Distribution for Handoff {
+    fn uses_lanes(&self) -> bool {
+        true
+    }
+
+    fn listener_count(&self) -> usize {
+        1
+    }
+
+    fn listener(&self, id: usize) -> Option<&Listener> {
+        (id == 0).then_some(&self.listener)
+    }
+
+    fn primary_accepts(&self, _id: usize, _slots: &dyn Slots) -> bool {
+        true
+    }
+
+    fn prepare_slot(&mut self, _slot: usize) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn release_slot(&mut self, _slot: usize) -> Option<Listener> {
+        None
+    }
+
+    /// Workers accept nothing: their connections come over the lane.
+    fn worker_accept(&mut self, _slot: usize) -> Option<WorkerAccept> {
+        None
+    }
+}
+
+/// One worker's lane, seen from the primary.
 #[derive(Debug)]
 struct Lane {
     key: u64,
-    unacked: VecDeque<OwnedFd>,
-    next_seq: u64,
-    /// Whether the worker still takes new handoffs (false once it disconnects or fails).
-    open: bool,
+    /// The primary's end: handoffs go out, acknowledgements come in.
+    ours: Channel,
+    /// A descriptor for the worker's end, never read while the worker may read it: what the
+    /// worker leaves unread is taken back through it.
+    theirs: Channel,
+    /// Connections sent on this lane; the next handoff's sequence number.
+    sent: u64,
+    /// Connections the worker says it received (its latest `Ack`).
+    acked: u64,
+    /// Connections taken back from the worker's end.
+    reclaimed: u64,
+    /// The primary wants this worker to get connections (it listens and is not leaving).
+    serving: bool,
+    /// The worker is out of descriptors and not reading its lane.
+    pressure: bool,
+    /// A transient send error: out of rotation until then.
+    retry_at: Option<Instant>,
+    /// The back-off that follows the next error.
+    next_backoff: Duration,
+    /// The last send found the worker's socket buffer full: skip until its next `Ack`.
+    full: bool,
+    /// The most connections one frame to this worker carries: 1 after it ran out of
+    /// descriptors (a frame whose descriptors do not all fit cannot be received at all), then
+    /// doubling with every acknowledgement, up to [`MAX_FDS`].
+    max_batch: usize,
 }
 
-/// The primary's round-robin dispatcher.
+impl Lane {
+    fn in_flight(&self) -> u64 {
+        self.sent - self.acked.min(self.sent) - self.reclaimed
+    }
+
+    fn room(&self, window: usize, now: Instant) -> usize {
+        if !self.serving || self.pressure || self.full || self.retry_at.is_some_and(|t| t > now) {
+            return 0;
+        }
+        (window as u64).saturating_sub(self.in_flight()) as usize
+    }
+}
+
+/// The primary's side of every lane: the round-robin, the windows, the queue.
 #[derive(Debug)]
 pub(crate) struct Dispatcher {
     window: usize,
+    /// In fork order; round-robin runs over this.
     lanes: Vec<Lane>,
-    next: usize,
+    /// The index in `lanes` to try first.
+    cursor: usize,
     queue: VecDeque<OwnedFd>,
     counters: Counters,
+    /// Lanes of workers that died while the primary was out of descriptors, with handoffs
+    /// still to take back.
+    orphans: Vec<Lane>,
+    /// What went wrong that the primary's program should hear of.
+    warnings: Vec<String>,
 }
 
 impl Dispatcher {
     pub(crate) fn new(window: usize, counters: Counters) -> Dispatcher {
-        Dispatcher { window: window.max(1), lanes: Vec::new(), next: 0, queue: VecDeque::new(), counters }
+        Dispatcher {
+            window: window.max(1),
+            lanes: Vec::new(),
+            cursor: 0,
+            queue: VecDeque::new(),
+            counters,
+            orphans: Vec::new(),
+            warnings: Vec::new(),
+        }
     }
 
     /// Connections waiting in the primary.
@@ -79,123 +192,360 @@ impl Dispatcher {
         self.queue.len()
     }
 
-    /// Starts giving connections to worker `key` (it reported `listening`).
-    pub(crate) fn add_worker<'a>(&mut self, key: u64, channel_of: impl Fn(u64) -> Option<&'a Channel>) {
-        match self.lanes.iter_mut().find(|l| l.key == key) {
-            Some(lane) => lane.open = true,
-            None => self.lanes.push(Lane { key, unacked: VecDeque::new(), next_seq: 0, open: true }),
-        }
-        self.drain_queue(channel_of);
+    /// Warnings since the last call.
+    pub(crate) fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
     }
 
-    /// Stops giving connections to worker `key` (it is disconnecting or gone). With
-    /// `requeue_unacked`, its unacknowledged handoffs go back to the front of the queue, to be
-    /// given to another worker; otherwise they stay until acknowledged.
-    pub(crate) fn remove_worker<'a>(
-        &mut self,
-        key: u64,
-        requeue_unacked: bool,
-        channel_of: impl Fn(u64) -> Option<&'a Channel>,
-    ) {
-        let Some(i) = self.lanes.iter().position(|l| l.key == key) else { return };
-        if !requeue_unacked {
-            // Out of rotation; the lane goes once its last handoffs are acknowledged.
-            self.lanes[i].open = false;
-            if !self.lanes[i].unacked.is_empty() {
-                return;
-            }
-        }
-        let lane = self.lanes.remove(i);
-        if i < self.next {
-            self.next -= 1;
-        }
-        self.requeue(lane.unacked);
-        self.drain_queue(channel_of);
+    /// A new worker's lane: `ours` is the primary's end, `theirs` the primary's descriptor for
+    /// the worker's end. Not in rotation until [`set_serving`](Self::set_serving).
+    pub(crate) fn add_lane(&mut self, key: u64, ours: Channel, theirs: Channel) {
+        self.lanes.push(Lane {
+            key,
+            ours,
+            theirs,
+            sent: 0,
+            acked: 0,
+            reclaimed: 0,
+            serving: false,
+            pressure: false,
+            retry_at: None,
+            next_backoff: FIRST_BACKOFF,
+            full: false,
+            max_batch: MAX_FDS,
+        });
     }
 
-    /// Worker `key` took its `count` oldest unacknowledged handoffs: close the primary's copies.
-    pub(crate) fn ack<'a>(&mut self, key: u64, count: u32, channel_of: impl Fn(u64) -> Option<&'a Channel>) {
-        if let Some(lane) = self.lanes.iter_mut().find(|l| l.key == key) {
-            let n = (count as usize).min(lane.unacked.len());
-            lane.unacked.drain(..n);
-            if !lane.open && lane.unacked.is_empty() {
-                self.lanes.retain(|l| l.key != key);
-                self.next = 0;
-            }
-        }
-        self.drain_queue(channel_of);
+    fn lane_mut(&mut self, key: u64) -> Option<&mut Lane> {
+        self.lanes.iter_mut().find(|l| l.key == key)
     }
 
-    /// Worker `key` could not take its `count` oldest unacknowledged handoffs: give them to
-    /// another worker.
-    pub(crate) fn reject<'a>(&mut self, key: u64, count: u32, channel_of: impl Fn(u64) -> Option<&'a Channel>) {
-        if let Some(lane) = self.lanes.iter_mut().find(|l| l.key == key) {
-            let n = (count as usize).min(lane.unacked.len());
-            let back: VecDeque<OwnedFd> = lane.unacked.drain(..n).collect();
-            self.requeue(back);
+    /// Puts worker `key` in or out of rotation.
+    pub(crate) fn set_serving(&mut self, key: u64, serving: bool) {
+        if let Some(lane) = self.lane_mut(key) {
+            lane.serving = serving;
         }
-        self.drain_queue(channel_of);
-    }
-
-    fn requeue(&mut self, fds: VecDeque<OwnedFd>) {
-        self.counters.bump_primary(PrimaryCounter::Requeued, fds.len() as u64);
-        for fd in fds.into_iter().rev() {
-            self.queue.push_front(fd);
+        if serving {
+            self.drain();
         }
     }
 
-    /// Gives a freshly accepted connection to the next worker with room, or queues it.
-    pub(crate) fn dispatch<'a>(&mut self, fd: OwnedFd, channel_of: impl Fn(u64) -> Option<&'a Channel>) {
-        if !self.queue.is_empty() {
-            // Keep arrival order: older connections go first.
-            self.counters.bump_primary(PrimaryCounter::Queued, 1);
-            self.queue.push_back(fd);
-            self.drain_queue(channel_of);
-            return;
-        }
-        if let Err(fd) = self.try_send(fd, &channel_of) {
-            self.counters.bump_primary(PrimaryCounter::Queued, 1);
-            self.queue.push_back(fd);
-        }
-    }
-
-    fn drain_queue<'a>(&mut self, channel_of: impl Fn(u64) -> Option<&'a Channel>) {
-        while let Some(fd) = self.queue.pop_front() {
-            if let Err(fd) = self.try_send(fd, &channel_of) {
-                self.queue.push_front(fd);
-                return;
-            }
-        }
-    }
-
-    /// Sends `fd` to the next worker in rotation with room in its window; gives it back if none.
-    fn try_send<'a>(&mut self, fd: OwnedFd, channel_of: &impl Fn(u64) -> Option<&'a Channel>) -> Result<(), OwnedFd> {
-        let mut tried = 0;
-        while tried < self.lanes.len() {
-            tried += 1;
-            let i = self.next % self.lanes.len();
-            self.next = (i + 1) % self.lanes.len();
-            let lane = &mut self.lanes[i];
-            if !lane.open || lane.unacked.len() >= self.window {
-                continue;
-            }
-            let Some(channel) = channel_of(lane.key) else { continue };
-            match channel.try_send(&Message::Handoff { seq: lane.next_seq }, &[fd.as_fd()]) {
-                Ok(()) => {
-                    lane.next_seq += 1;
-                    lane.unacked.push_back(fd);
-                    self.counters.bump_primary(PrimaryCounter::Dispatched, 1);
-                    return Ok(());
-                }
-                // The worker's receive buffer is full: treat its window as full for now.
-                Err(ChannelError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                // Dead or broken: the exit (or hangup) handling will requeue what it had.
+    /// Reads the acknowledgements waiting on worker `key`'s lane, then sends what the window
+    /// now allows.
+    pub(crate) fn on_lane_readable(&mut self, key: u64) {
+        let Some(lane) = self.lanes.iter_mut().find(|l| l.key == key) else { return };
+        loop {
+            match lane.ours.try_recv() {
+                Ok(Some(r)) => match r.message {
+                    Message::Ack { received } => {
+                        lane.acked = lane.acked.max(received);
+                        lane.full = false;
+                        lane.max_batch = (lane.max_batch * 2).min(MAX_FDS);
+                    }
+                    other => self.warnings.push(format!("unexpected {other:?} on worker lane (key {key})")),
+                },
+                Ok(None) | Err(ChannelError::Closed) => break,
                 Err(e) => {
-                    lane.open = false;
-                    eprintln!("herd: sendmsg(SCM_RIGHTS) to worker (key {}): {e}", lane.key);
+                    self.warnings.push(format!("reading worker lane (key {key}): {e}"));
+                    if matches!(e, ChannelError::Io(_)) {
+                        break;
+                    }
                 }
             }
         }
-        Err(fd)
+        self.drain();
+    }
+
+    /// Worker `key` is out of descriptors and stopped reading its lane: take back the handoffs
+    /// queued in it, for the others — as many as the primary itself has descriptors for; the
+    /// rest stay, in order, for the worker to read when it resumes. Until then it gets nothing,
+    /// and after it, one connection per frame at first.
+    pub(crate) fn pressure(&mut self, key: u64) {
+        if let Some(lane) = self.lane_mut(key) {
+            lane.pressure = true;
+            lane.max_batch = 1;
+        }
+        if let Some(i) = self.lanes.iter().position(|l| l.key == key) {
+            Self::reclaim(&mut self.lanes[i], &mut self.queue, &self.counters, &mut self.warnings);
+        }
+        self.drain();
+    }
+
+    /// Worker `key` has room again.
+    pub(crate) fn resume(&mut self, key: u64) {
+        if let Some(lane) = self.lane_mut(key) {
+            lane.pressure = false;
+        }
+        self.drain();
+    }
+
+    /// Worker `key` is gone: take back what it never read, and drop its lane. If the primary is
+    /// out of descriptors itself, the lane is kept until everything in it has been taken back.
+    pub(crate) fn remove_lane(&mut self, key: u64) {
+        if let Some(i) = self.lanes.iter().position(|l| l.key == key) {
+            let mut lane = self.lanes.remove(i);
+            // Keep the rotation where it was: the lane after the removed one is still next.
+            if i < self.cursor {
+                self.cursor -= 1;
+            }
+            if self.cursor >= self.lanes.len() {
+                self.cursor = 0;
+            }
+            lane.serving = false;
+            if !Self::reclaim(&mut lane, &mut self.queue, &self.counters, &mut self.warnings) {
+                self.orphans.push(lane);
+            }
+        }
+        self.drain();
+    }
+
+    /// Reads the frames queued in a lane's worker end and puts their connections back at the
+    /// front of the queue, oldest first. Returns false if it stopped early (out of
+    /// descriptors); what is left stays queued in the lane, in order.
+    fn reclaim(
+        lane: &mut Lane,
+        queue: &mut VecDeque<OwnedFd>,
+        counters: &Counters,
+        warnings: &mut Vec<String>,
+    ) -> bool {
+        let mut back = Vec::new();
+        let complete = loop {
+            match lane.theirs.try_recv_keeping_fds() {
+                Ok(Some(r)) => {
+                    if matches!(r.message, Message::Handoff { .. }) {
+                        back.extend(r.fds);
+                    }
+                }
+                Ok(None) | Err(ChannelError::Closed) => break true,
+                Err(ChannelError::ControlTruncated { .. }) => break false,
+                Err(e) => {
+                    warnings.push(format!("taking back worker (key {})'s handoffs: {e}", lane.key));
+                    if matches!(e, ChannelError::Io(_)) {
+                        break false;
+                    }
+                }
+            }
+        };
+        lane.reclaimed += back.len() as u64;
+        counters.bump_primary(PrimaryCounter::Requeued, back.len() as u64);
+        for fd in back.into_iter().rev() {
+            queue.push_front(fd);
+        }
+        complete
+    }
+
+    /// Takes a burst of accepted connections, then sends them in batches.
+    pub(crate) fn push_all(&mut self, fds: impl IntoIterator<Item = OwnedFd>) {
+        let before = self.queue.len();
+        self.queue.extend(fds);
+        let pushed = self.queue.len() - before;
+        self.drain();
+        self.counters.bump_primary(PrimaryCounter::Queued, self.queue.len().min(pushed) as u64);
+    }
+
+    /// The earliest back-off to wait out, if any.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let orphans = (!self.orphans.is_empty()).then(|| Instant::now() + crate::accept::BACKOFF);
+        let lanes = if self.queue.is_empty() { None } else { self.lanes.iter().filter_map(|l| l.retry_at).min() };
+        orphans.into_iter().chain(lanes).min()
+    }
+
+    /// A back-off may have ended: send what can go, and take back what dead workers left.
+    pub(crate) fn on_timer(&mut self, now: Instant) {
+        for lane in &mut self.lanes {
+            if lane.retry_at.is_some_and(|t| t <= now) {
+                lane.retry_at = None;
+            }
+        }
+        let (queue, counters, warnings) = (&mut self.queue, &self.counters, &mut self.warnings);
+        self.orphans.retain_mut(|lane| !Self::reclaim(lane, queue, counters, warnings));
+        self.drain();
+    }
+
+    /// Sends queued connections, oldest first, round-robin over the lanes with room, as many
+    /// per `sendmsg` as the lane's window allows (an even share of the queue at most, so that a
+    /// burst is spread rather than given to the first lane).
+    pub(crate) fn drain(&mut self) {
+        let now = Instant::now();
+        while !self.queue.is_empty() && !self.lanes.is_empty() {
+            // One round: every lane with room, in rotation order from the cursor.
+            let count = self.lanes.len();
+            let open: Vec<usize> = (0..count)
+                .map(|k| (self.cursor + k) % count)
+                .filter(|&i| self.lanes[i].room(self.window, now) > 0)
+                .collect();
+            if open.is_empty() {
+                return;
+            }
+            let share = self.queue.len().div_ceil(open.len());
+            let mut sent_any = false;
+            for i in open {
+                let n =
+                    self.lanes[i].room(self.window, now).min(share).min(self.lanes[i].max_batch).min(self.queue.len());
+                if n == 0 {
+                    continue;
+                }
+                self.cursor = (i + 1) % count;
+                sent_any |= self.send(i, n).is_ok();
+            }
+            if !sent_any {
+                return;
+            }
+        }
+    }
+
+    /// Sends the `n` oldest queued connections to lane `i` in one frame.
+    fn send(&mut self, i: usize, n: usize) -> Result<(), ()> {
+        let lane = &mut self.lanes[i];
+        let batch: Vec<OwnedFd> = self.queue.drain(..n).collect();
+        let borrowed: Vec<BorrowedFd<'_>> = batch.iter().map(|fd| fd.as_fd()).collect();
+        match lane.ours.try_send(&Message::Handoff { seq: lane.sent }, &borrowed) {
+            Ok(()) => {
+                lane.sent += n as u64;
+                lane.next_backoff = FIRST_BACKOFF;
+                self.counters.bump_primary(PrimaryCounter::Dispatched, n as u64);
+                // `batch` drops here: the primary's copies close, and each connection now lives
+                // only in the worker's lane (see the module docs).
+                Ok(())
+            }
+            Err(e) => {
+                for fd in batch.into_iter().rev() {
+                    self.queue.push_front(fd);
+                }
+                match e {
+                    // The worker's socket buffer is full: its window is, in effect.
+                    ChannelError::Io(e) if e.kind() == io::ErrorKind::WouldBlock => lane.full = true,
+                    // Gone: its exit takes back what it had.
+                    ChannelError::Closed => lane.serving = false,
+                    e => {
+                        let delay = lane.next_backoff;
+                        lane.retry_at = Some(Instant::now() + delay);
+                        lane.next_backoff = (delay * 2).min(MAX_BACKOFF);
+                        self.warnings.push(format!(
+                            "sendmsg(SCM_RIGHTS) of {n} connections to worker (key {}): {e}; retrying that worker in {delay:?}",
+                            lane.key
+                        ));
+                    }
+                }
+                Err(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connection() -> OwnedFd {
+        rustix::io::dup(std::io::stdin()).expect("dup stdin")
+    }
+
+    /// A dispatcher with `n` serving lanes; returns the workers' ends of the lanes.
+    fn dispatcher(n: usize, window: usize) -> (Dispatcher, Vec<Channel>) {
+        let counters = Counters::new(4).unwrap();
+        let mut d = Dispatcher::new(window, counters);
+        let mut workers = Vec::new();
+        for key in 0..n as u64 {
+            let (ours, theirs) = Channel::pair().unwrap();
+            let copy = Channel::from(rustix::io::dup(&theirs).unwrap());
+            d.add_lane(key, ours, copy);
+            d.set_serving(key, true);
+            workers.push(theirs);
+        }
+        (d, workers)
+    }
+
+    fn received(worker: &mut Channel) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        while let Some(r) = worker.try_recv().unwrap() {
+            let Message::Handoff { seq } = r.message else { panic!("{:?}", r.message) };
+            seqs.extend((0..r.fds.len() as u64).map(|i| seq + i));
+        }
+        seqs
+    }
+
+    #[test]
+    fn one_at_a_time_goes_round_robin() {
+        let (mut d, mut workers) = dispatcher(3, 32);
+        for _ in 0..7 {
+            d.push_all([connection()]);
+        }
+        let counts: Vec<usize> = workers.iter_mut().map(|w| received(w).len()).collect();
+        assert_eq!(counts, [3, 2, 2]);
+    }
+
+    #[test]
+    fn removing_a_lane_keeps_the_rotation_where_it_was() {
+        let (mut d, mut workers) = dispatcher(3, 32);
+        d.push_all([connection()]); // lane 0
+        d.push_all([connection()]); // lane 1
+        d.remove_lane(0); // lane 0 read nothing: its handoff is taken back and sent on (lane 2)
+        d.push_all([connection()]); // next: lane 1 (rotation continues), not lane 0's successor again
+        let counts: Vec<usize> = workers.iter_mut().skip(1).map(|w| received(w).len()).collect();
+        assert_eq!(counts, [2, 1], "after the removal the rotation went on from where it was");
+        assert_eq!(d.counters.primary().requeued, 1);
+    }
+
+    #[test]
+    fn a_dead_workers_unread_handoffs_go_to_another_exactly_once() {
+        let (mut d, mut workers) = dispatcher(2, 32);
+        for _ in 0..4 {
+            d.push_all([connection()]);
+        }
+        // Worker 0 reads one of its two handoffs, then dies.
+        let first = workers[0].try_recv().unwrap().unwrap();
+        assert_eq!(first.fds.len(), 1);
+        drop(workers.remove(0));
+        d.remove_lane(0);
+        assert_eq!(received(&mut workers[0]).len(), 3, "worker 1: its two, and the one worker 0 never read");
+        assert_eq!(d.counters.primary().requeued, 1);
+        assert_eq!(d.queued(), 0);
+    }
+
+    #[test]
+    fn a_full_window_queues_and_an_ack_releases_it() {
+        let (mut d, mut workers) = dispatcher(1, 2);
+        for _ in 0..5 {
+            d.push_all([connection()]);
+        }
+        assert_eq!(received(&mut workers[0]).len(), 2);
+        assert_eq!(d.queued(), 3);
+        workers[0].send(&Message::Ack { received: 2 }, &[]).unwrap();
+        d.on_lane_readable(0);
+        assert_eq!(received(&mut workers[0]), [2, 3], "the next two, numbered on");
+        assert_eq!(d.queued(), 1);
+    }
+
+    #[test]
+    fn a_burst_goes_out_in_batches_spread_over_the_lanes() {
+        let (mut d, mut workers) = dispatcher(2, 32);
+        d.push_all((0..20).map(|_| connection()));
+        let mut frames = Vec::new();
+        for w in &mut workers {
+            let mut n = 0;
+            while let Some(r) = w.try_recv().unwrap() {
+                frames.push(r.fds.len());
+                n += r.fds.len();
+            }
+            assert_eq!(n, 10);
+        }
+        assert!(frames.len() <= 4, "a few sendmsg calls, not twenty: {frames:?}");
+    }
+
+    #[test]
+    fn pressure_takes_the_lane_back_and_resume_reopens_it() {
+        let (mut d, mut workers) = dispatcher(2, 32);
+        for _ in 0..4 {
+            d.push_all([connection()]);
+        }
+        d.pressure(0);
+        assert_eq!(received(&mut workers[0]), Vec::<u64>::new(), "worker 0's lane was emptied");
+        assert_eq!(received(&mut workers[1]).len(), 4);
+        d.push_all([connection()]);
+        assert_eq!(received(&mut workers[1]).len(), 1, "nothing goes to a worker under pressure");
+        d.resume(0);
+        d.push_all([connection()]);
+        assert_eq!(received(&mut workers[0]), [2], "sequence numbers go on after a reclaim");
     }
 }

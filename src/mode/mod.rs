@@ -3,22 +3,42 @@
 //! | mode | who calls `accept` | cost per connection | how it fails |
 //! |---|---|---|---|
 //! | [`shared`] | every worker, on one listener | one `accept`; plus, with `epoll`, a wakeup of every idle worker (the herd) | `epoll`: wasted wakeups; `epoll-exclusive`: one worker takes most connections |
-//! | [`handoff`] | the primary only | `accept` + `sendmsg(SCM_RIGHTS)` in the primary, `recvmsg` + an ack in the worker | the primary is a single-threaded bottleneck |
+//! | [`handoff`] | the primary only | `accept` + `sendmsg(SCM_RIGHTS)` in the primary, `recvmsg` in the worker | the primary is a single-threaded bottleneck |
 //! | [`reuseport`] | each worker, on its own listener | one `accept`, no herd | the kernel hashes the 4-tuple: no notion of load, and a stalled worker's queue waits for it |
 //!
 //! `docs/modes.md` explains each with diagrams and measured figures.
+//!
+//! # One abstraction
+//!
+//! Everything that differs between the modes is behind one internal trait, `Distribution`:
+//! which listeners exist, who accepts on each of them at any moment (every worker, one worker,
+//! or the primary), what a worker takes its connections from, and what happens to a slot's
+//! listener when the slot is added, left empty or scaled away. The primary and the worker are
+//! written once against it. A new mode is one more file here that implements it, and one line
+//! in `mode::bind`.
+//!
+//! When the primary accepts, it hands connections to workers over their **lanes** with the
+//! handoff dispatcher: always in handoff mode, and in reuseport mode for a slot that has no
+//! worker at the moment, so that connections the kernel hashed to that slot's listener are
+//! served by the others instead of waiting.
 
 pub mod handoff;
 pub mod reuseport;
 pub mod shared;
 
 use std::fmt;
+use std::io;
 use std::str::FromStr;
 
 pub use shared::SharedAccept;
 
+use crate::ListenAddr;
+use crate::accept::WorkerAccept;
+use crate::listener::{BindOptions, Listener};
+
 /// How connections reach workers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Mode {
     /// One listener, created by the primary before `fork`; every worker accepts on it.
     Shared(SharedAccept),
@@ -43,6 +63,67 @@ impl Mode {
             Mode::Handoff => "handoff",
             Mode::Reuseport => "reuseport",
         }
+    }
+}
+
+/// What the primary knows of its slots, for a mode deciding who accepts.
+pub(crate) trait Slots {
+    /// Whether `slot` has a worker that is, or will shortly be, taking connections (forked and
+    /// not asked to exit).
+    fn live(&self, slot: usize) -> bool;
+}
+
+/// One distribution mode, seen from the primary (before and after `fork`).
+pub(crate) trait Distribution: fmt::Debug {
+    /// Whether each worker gets a lane: whether the primary may ever hand it connections.
+    fn uses_lanes(&self) -> bool;
+
+    /// How many listener ids there are (`0..count`); some may be closed (`None`).
+    fn listener_count(&self) -> usize;
+
+    /// The listener with this id, if it is open.
+    fn listener(&self, id: usize) -> Option<&Listener>;
+
+    /// Whether the primary itself should accept on listener `id` now.
+    fn primary_accepts(&self, id: usize, slots: &dyn Slots) -> bool;
+
+    /// A worker is about to be forked into `slot`: make sure what it will take connections from
+    /// exists (reuseport binds the slot's listener if it has none).
+    fn prepare_slot(&mut self, slot: usize) -> io::Result<()>;
+
+    /// `slot` was scaled away and its last worker is gone: take its listener out, for the
+    /// primary to drain (accept what is still queued and hand it on) and close.
+    fn release_slot(&mut self, slot: usize) -> Option<Listener>;
+
+    /// In the forked child that becomes the worker of `slot`: the listener it accepts on and
+    /// how, if it accepts at all. Every other listener is closed when `self` is dropped.
+    fn worker_accept(&mut self, slot: usize) -> Option<WorkerAccept>;
+}
+
+/// Binds the listener(s) of `mode` for `slots` worker slots on `addr`. Returns the mode and the
+/// address actually bound (with the port the kernel chose for port 0).
+pub(crate) fn bind(
+    mode: Mode,
+    addr: &ListenAddr,
+    slots: usize,
+    options: BindOptions,
+) -> io::Result<(Box<dyn Distribution>, ListenAddr)> {
+    match mode {
+        Mode::Shared(strategy) => shared::Shared::bind(addr, strategy, options).map(boxed),
+        Mode::Handoff => handoff::Handoff::bind(addr, options).map(boxed),
+        Mode::Reuseport => reuseport::Reuseport::bind(addr, slots, options).map(boxed),
+    }
+}
+
+fn boxed<D: Distribution + 'static>((d, addr): (D, ListenAddr)) -> (Box<dyn Distribution>, ListenAddr) {
+    (Box::new(d), addr)
+}
+
+/// The address a listener bound to `requested` actually has.
+fn bound_addr(requested: &ListenAddr, listener: &Listener) -> io::Result<ListenAddr> {
+    match requested {
+        ListenAddr::Tcp(_) => Ok(ListenAddr::Tcp(listener.tcp_addr()?)),
+        unix => Ok(unix.clone()),
     }
 }
 

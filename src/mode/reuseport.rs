@@ -7,35 +7,97 @@
 //! worker 3 owned listener 3, connections already hashed to it would be reset when it crashed
 //! or was replaced. Because the primary keeps a copy, the queue survives, and the replacement for
 //! slot 3 inherits listener 3 with the connections still waiting in it.
+//!
+//! # A slot without a worker
+//!
+//! The kernel goes on hashing connections to a listener as long as it is open, whether anyone
+//! accepts on it or not. So whenever a slot has no live worker — its worker was disconnected
+//! or killed and is not replaced, it is waiting out a restart back-off, it is being scaled away
+//! — the **primary accepts on that slot's listener itself** and hands the connections to the
+//! other workers over their lanes, as handoff mode does. Nothing waits in a queue nobody
+//! serves. When a worker fills the slot again, the primary stops.
+//!
+//! A slot scaled away is closed once its last worker has exited: the primary first accepts
+//! whatever is still queued on it and hands that on, then closes it. With
+//! `net.ipv4.tcp_migrate_req = 1` (Linux 5.14) the kernel would move a closing listener's queue
+//! to the others anyway; without it, only a handshake that completes in the microseconds
+//! between that last `accept` and the `close` can be lost.
 
 use std::io;
 
+use super::{Distribution, Slots};
 use crate::ListenAddr;
+use crate::accept::{Wait, WorkerAccept};
 use crate::listener::{BindOptions, Listener};
 
-/// Binds `slots` listeners to `addr` with `SO_REUSEPORT`. With port 0, the first listener gets a
-/// port from the kernel and the others bind that same port. Returns them with the address bound.
-pub(crate) fn bind(addr: &ListenAddr, slots: usize, base: BindOptions) -> io::Result<(Vec<Listener>, ListenAddr)> {
-    let ListenAddr::Tcp(mut tcp) = addr.clone() else {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!(
-                "reuseport mode needs a TCP address, not {addr}: Unix sockets cannot share a path with SO_REUSEPORT"
-            ),
-        ));
-    };
-    let opts = BindOptions { reuseport: true, nonblocking: true, ..base };
-    let mut listeners = Vec::with_capacity(slots);
-    for _ in 0..slots {
-        let listener = Listener::bind(&ListenAddr::Tcp(tcp), opts)?;
-        tcp = listener.tcp_addr()?;
-        listeners.push(listener);
-    }
-    Ok((listeners, ListenAddr::Tcp(tcp)))
+/// Reuseport mode: slot `i`'s listener at index `i`.
+#[derive(Debug)]
+pub(crate) struct Reuseport {
+    listeners: Vec<Option<Listener>>,
+    addr: ListenAddr,
+    options: BindOptions,
 }
 
-/// Binds one more listener, for a slot added at run time (SIGTTIN), on the address the others
-/// already use.
-pub(crate) fn bind_one(addr: &ListenAddr, base: BindOptions) -> io::Result<Listener> {
-    Listener::bind(addr, BindOptions { reuseport: true, nonblocking: true, ..base })
+impl Reuseport {
+    /// Binds `slots` listeners to `addr` with `SO_REUSEPORT`. With port 0, the first listener
+    /// gets a port from the kernel and the others bind that same port.
+    pub(crate) fn bind(addr: &ListenAddr, slots: usize, base: BindOptions) -> io::Result<(Reuseport, ListenAddr)> {
+        let ListenAddr::Tcp(mut tcp) = addr.clone() else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "reuseport mode needs a TCP address, not {addr}: Unix sockets cannot share a path with SO_REUSEPORT"
+                ),
+            ));
+        };
+        let options = BindOptions { reuseport: true, nonblocking: true, ..base };
+        let mut listeners = Vec::with_capacity(slots);
+        for _ in 0..slots {
+            let listener = Listener::bind(&ListenAddr::Tcp(tcp), options)?;
+            tcp = listener.tcp_addr()?;
+            listeners.push(Some(listener));
+        }
+        let bound = ListenAddr::Tcp(tcp);
+        Ok((Reuseport { listeners, addr: bound.clone(), options }, bound))
+    }
+}
+
+impl Distribution for Reuseport {
+    /// Every worker gets a lane: the primary hands it connections from slots without a worker.
+    fn uses_lanes(&self) -> bool {
+        true
+    }
+
+    fn listener_count(&self) -> usize {
+        self.listeners.len()
+    }
+
+    fn listener(&self, id: usize) -> Option<&Listener> {
+        self.listeners.get(id).and_then(Option::as_ref)
+    }
+
+    /// While the slot has no live worker (see the module docs).
+    fn primary_accepts(&self, id: usize, slots: &dyn Slots) -> bool {
+        !slots.live(id)
+    }
+
+    /// A slot added at run time (SIGTTIN) gets a listener on the address the others use.
+    fn prepare_slot(&mut self, slot: usize) -> io::Result<()> {
+        if self.listeners.len() <= slot {
+            self.listeners.resize_with(slot + 1, || None);
+        }
+        if self.listeners[slot].is_none() {
+            self.listeners[slot] = Some(Listener::bind(&self.addr, self.options)?);
+        }
+        Ok(())
+    }
+
+    fn release_slot(&mut self, slot: usize) -> Option<Listener> {
+        self.listeners.get_mut(slot).and_then(Option::take)
+    }
+
+    fn worker_accept(&mut self, slot: usize) -> Option<WorkerAccept> {
+        // Level-triggered: nobody else waits on this listener, so there is no herd to avoid.
+        self.release_slot(slot).map(|listener| WorkerAccept { listener, wait: Wait::Level })
+    }
 }

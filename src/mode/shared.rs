@@ -8,16 +8,15 @@ use std::fmt;
 use std::io;
 use std::str::FromStr;
 
-use super::ParseModeError;
+use super::{Distribution, ParseModeError, Slots};
 use crate::ListenAddr;
-use crate::accept::blocking::{BlockingAcceptor, LOOK_UP_EVERY};
-use crate::accept::epoll::{ListenerWatch, Watch};
+use crate::accept::blocking::LOOK_UP_EVERY;
+use crate::accept::{Wait, WorkerAccept};
 use crate::listener::{BindOptions, Listener};
-use crate::stats::Counters;
-use crate::worker::Source;
 
 /// How workers wait on the shared listener.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SharedAccept {
     /// Level-triggered epoll in every worker: each connection wakes every idle worker (the
     /// thundering herd, kept so it can be measured).
@@ -68,33 +67,66 @@ impl fmt::Display for SharedAccept {
     }
 }
 
-/// Creates the one shared listener. It is non-blocking for the epoll strategies, blocking (with
-/// `SO_RCVTIMEO`) for [`SharedAccept::Blocking`] — `O_NONBLOCK` belongs to the open file, which
-/// every worker shares, so the whole cluster uses one strategy.
-pub(crate) fn bind(addr: &ListenAddr, strategy: SharedAccept, base: BindOptions) -> io::Result<Listener> {
-    let blocking = strategy == SharedAccept::Blocking;
-    let listener = Listener::bind(addr, BindOptions { reuseport: false, nonblocking: !blocking, ..base })?;
-    if blocking {
-        crate::sys::listen::set_accept_timeout(&listener, LOOK_UP_EVERY)?;
-    }
-    Ok(listener)
+/// Shared mode: one listener, and every worker accepts on it.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    listener: Option<Listener>,
+    strategy: SharedAccept,
 }
 
-/// The worker's source for its copy of the shared listener.
-pub(crate) fn worker_source(
-    listener: Listener,
-    strategy: SharedAccept,
-    counters: &Counters,
-    slot: usize,
-    token: u64,
-) -> io::Result<Source> {
-    let watch = match strategy {
-        SharedAccept::Epoll => Watch::Level,
-        SharedAccept::EpollExclusive => Watch::Exclusive,
-        SharedAccept::EpollRotate => Watch::Rotate,
-        SharedAccept::Blocking => {
-            return Ok(Source::Blocking(BlockingAcceptor::start(listener, counters.clone(), slot)?));
+impl Shared {
+    /// Creates the one shared listener. It is non-blocking for the epoll strategies, blocking
+    /// (with `SO_RCVTIMEO`) for [`SharedAccept::Blocking`] — `O_NONBLOCK` belongs to the open
+    /// file, which every worker shares, so the whole cluster uses one strategy.
+    pub(crate) fn bind(
+        addr: &ListenAddr,
+        strategy: SharedAccept,
+        base: BindOptions,
+    ) -> io::Result<(Shared, ListenAddr)> {
+        let blocking = strategy == SharedAccept::Blocking;
+        let listener = Listener::bind(addr, BindOptions { reuseport: false, nonblocking: !blocking, ..base })?;
+        if blocking {
+            crate::sys::listen::set_accept_timeout(&listener, LOOK_UP_EVERY)?;
         }
-    };
-    Ok(Source::Listener(ListenerWatch::new(listener, watch, token)))
+        let bound = super::bound_addr(addr, &listener)?;
+        Ok((Shared { listener: Some(listener), strategy }, bound))
+    }
+}
+
+impl Distribution for Shared {
+    fn uses_lanes(&self) -> bool {
+        false
+    }
+
+    fn listener_count(&self) -> usize {
+        1
+    }
+
+    fn listener(&self, id: usize) -> Option<&Listener> {
+        self.listener.as_ref().filter(|_| id == 0)
+    }
+
+    /// Never: the workers share one accept queue, so a slot without a worker strands nothing —
+    /// the others take what it would have.
+    fn primary_accepts(&self, _id: usize, _slots: &dyn Slots) -> bool {
+        false
+    }
+
+    fn prepare_slot(&mut self, _slot: usize) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn release_slot(&mut self, _slot: usize) -> Option<Listener> {
+        None
+    }
+
+    fn worker_accept(&mut self, _slot: usize) -> Option<WorkerAccept> {
+        let wait = match self.strategy {
+            SharedAccept::Epoll => Wait::Level,
+            SharedAccept::EpollExclusive => Wait::Exclusive,
+            SharedAccept::EpollRotate => Wait::Rotate,
+            SharedAccept::Blocking => Wait::Thread,
+        };
+        self.listener.take().map(|listener| WorkerAccept { listener, wait })
+    }
 }

@@ -2,13 +2,14 @@
 //! `worker.kill` / `worker.disconnect` / `isConnected` / `isDead`, by pid.
 
 use std::io;
+use std::os::fd::BorrowedFd;
 
 use super::Primary;
-use crate::channel;
-use crate::sys::process;
+use crate::channel::{self, Message};
 
 /// What the primary knows of one live worker; see [`Primary::workers`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WorkerInfo {
     /// Its slot, 0 to N-1.
     pub id: usize,
@@ -40,65 +41,104 @@ impl Primary {
             .collect()
     }
 
-    fn key_of(&self, pid: u32) -> Option<u64> {
-        self.workers.iter().find(|(_, w)| w.pid() == pid).map(|(k, _)| *k)
-    }
-
-    fn not_a_worker(pid: u32) -> io::Error {
-        io::Error::new(io::ErrorKind::NotFound, format!("no live worker with pid {pid}"))
+    fn key_of(&self, pid: u32) -> io::Result<u64> {
+        self.workers
+            .iter()
+            .find(|(_, w)| w.pid() == pid)
+            .map(|(k, _)| *k)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no live worker with pid {pid}")))
     }
 
     /// Sends `bytes` to the worker `pid`, which receives a [`crate::WorkerEvent::Message`].
     ///
+    /// Never blocks: what the worker's channel cannot take now waits in its outbox, in order.
+    /// A worker that lets its outbox overflow (it stopped reading) is killed as hung and
+    /// replaced, with an [`crate::Event::Unresponsive`].
+    ///
     /// # Errors
     /// `InvalidInput` for more than [`channel::MAX_MESSAGE`] bytes; `NotFound` for a pid that is
-    /// not a live worker; the channel's error if the worker is gone.
-    pub fn send(&self, pid: u32, bytes: &[u8]) -> io::Result<()> {
-        check_message_size(bytes)?;
-        let key = self.key_of(pid).ok_or_else(|| Primary::not_a_worker(pid))?;
-        self.workers[&key].channel.send_user(bytes).map_err(io::Error::from)
+    /// not a live worker; `BrokenPipe` if the worker's channel is closed or its outbox overflowed.
+    pub fn send(&mut self, pid: u32, bytes: &[u8]) -> io::Result<()> {
+        self.send_with_fds(pid, bytes, &[])
+    }
+
+    /// [`send`](Self::send) with descriptors attached (at most [`channel::MAX_FDS`]), as Node's
+    /// `worker.send(message, handle)`: the worker receives its own copies of them.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send); `InvalidInput` for too many descriptors.
+    pub fn send_with_fds(&mut self, pid: u32, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        check_message(bytes, fds)?;
+        let key = self.key_of(pid)?;
+        if self.send_control(key, Message::User(bytes.to_vec()), fds) {
+            Ok(())
+        } else {
+            Err(io::Error::new(io::ErrorKind::BrokenPipe, format!("worker {pid} is not reading its channel")))
+        }
     }
 
     /// Sends `bytes` to every connected worker; returns how many it reached.
-    pub fn broadcast(&self, bytes: &[u8]) -> io::Result<usize> {
-        check_message_size(bytes)?;
-        Ok(self.workers.values().filter(|w| w.connected && w.channel.send_user(bytes).is_ok()).count())
+    pub fn broadcast(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        check_message(bytes, &[])?;
+        let keys: Vec<u64> = self.workers.iter().filter(|(_, w)| w.connected).map(|(k, _)| *k).collect();
+        Ok(keys.into_iter().filter(|&k| self.send_control(k, Message::User(bytes.to_vec()), &[])).count())
     }
 
     /// Sends `signal` to the worker `pid` (Node's `worker.kill`); its exit then counts as asked
-    /// for, so it is not replaced.
+    /// for, and its slot stays empty.
     pub fn kill(&mut self, pid: u32, signal: i32) -> io::Result<()> {
-        let key = self.key_of(pid).ok_or_else(|| Primary::not_a_worker(pid))?;
-        self.stop_dispatching_to(key);
+        let key = self.key_of(pid)?;
+        self.set_serving(key, false);
         let w = self.workers.get_mut(&key).expect("key just found");
         w.asked_to_exit = true;
-        process::kill(w.pid, signal)
+        let slot = w.id;
+        w.child.signal(signal)?;
+        self.leave_slot_empty(slot);
+        Ok(())
     }
 
     /// Asks the worker `pid` to stop accepting, finish its connections and exit (Node's
-    /// `worker.disconnect`). It is not replaced.
+    /// `worker.disconnect`). Its slot stays empty.
     pub fn disconnect(&mut self, pid: u32) -> io::Result<()> {
-        let key = self.key_of(pid).ok_or_else(|| Primary::not_a_worker(pid))?;
-        self.disconnect_key(key);
+        let key = self.key_of(pid)?;
+        let slot = self.workers[&key].id;
+        self.stop_worker(key);
+        self.leave_slot_empty(slot);
         Ok(())
+    }
+
+    /// The program emptied `slot` on purpose: no refill, and (reuseport) the primary serves its
+    /// listener meanwhile.
+    fn leave_slot_empty(&mut self, slot: usize) {
+        if !self.slot_has_live_worker(slot) {
+            self.vacated.insert(slot);
+        }
+        self.accepting.dirty = true;
+        let _ = self.after_turn();
     }
 
     /// Whether the worker `pid` is alive with its channel open.
     pub fn is_connected(&self, pid: u32) -> bool {
-        self.key_of(pid).is_some_and(|k| self.workers[&k].connected)
+        self.key_of(pid).is_ok_and(|k| self.workers[&k].connected)
     }
 
     /// Whether the worker `pid` has exited (or never was one of ours).
     pub fn is_dead(&self, pid: u32) -> bool {
-        self.key_of(pid).is_none()
+        self.key_of(pid).is_err()
     }
 }
 
-fn check_message_size(bytes: &[u8]) -> io::Result<()> {
+fn check_message(bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     if bytes.len() > channel::MAX_MESSAGE {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("message of {} bytes exceeds the {}-byte limit", bytes.len(), channel::MAX_MESSAGE),
+        ));
+    }
+    if fds.len() > channel::MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} descriptors exceed the {}-descriptor limit of a message", fds.len(), channel::MAX_FDS),
         ));
     }
     Ok(())

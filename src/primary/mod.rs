@@ -1,105 +1,136 @@
-//! The primary: forks the workers, watches them over their channels and a signalfd, keeps
-//! every slot filled, and — in handoff mode — accepts every connection and hands it on.
+//! The primary: forks the workers, watches them, keeps every slot filled, and — where the mode
+//! says so — accepts connections and hands them on.
 //!
 //! It is one single-threaded epoll loop. Everything that can happen is a readable descriptor:
-//! a signal (read from a signalfd, so there are no signal handlers and no async-signal-safety
-//! rules), a worker's channel, the listener (handoff), or a deadline (timerfd: the shutdown kill
-//! timeout, the accept back-off, the reload timeout, the heartbeat). [`Primary::next_event`]
-//! turns the loop until it has an [`Event`] to report.
+//! a worker's **pidfd** (it exited), its control channel and its lane, a listener the primary
+//! accepts on, a signal (read from a signalfd, so there are no signal handlers and no
+//! async-signal-safety rules), and one timerfd for every deadline. [`Primary::next_event`]
+//! turns the loop until it has an [`Event`] to report; [`Primary::try_event`] turns it without
+//! waiting, for a host that polls the primary's descriptor ([`AsFd`]) in its own loop.
 //!
-//! | signal | what the primary does |
-//! |---|---|
-//! | `SIGTERM`, `SIGINT` | graceful shutdown: stop accepting, workers finish their connections and exit; SIGKILL after the shutdown timeout |
-//! | second `SIGINT`, `SIGQUIT` | immediate shutdown: SIGKILL every worker |
-//! | `SIGHUP` | rolling reload: fork a new generation; retire each old worker once its replacement listens |
-//! | `SIGTTIN` / `SIGTTOU` | one worker more / one fewer |
-//! | `SIGCHLD` | reap; replace a worker that exited without being asked, within the restart limit |
+//! | signal (with [`crate::Builder::handle_signals`]) | what the primary does | the same from code |
+//! |---|---|---|
+//! | `SIGTERM`, `SIGINT` | graceful shutdown: stop accepting, workers finish their connections and exit; SIGKILL after the shutdown timeout | [`Primary::shutdown`]`(true)` |
+//! | second `SIGINT`, `SIGQUIT` | immediate shutdown: SIGKILL every worker | [`Primary::shutdown`]`(false)` |
+//! | `SIGHUP` | rolling reload: fork a new generation; retire each old worker once its replacement listens | [`Primary::reload`] |
+//! | `SIGTTIN` / `SIGTTOU` | one worker more / one fewer | [`Primary::scale`] |
 //!
-//! The supervision logic (restarts, reloads, scaling, heartbeats) is in `supervise.rs`; what a
-//! forked child does before it runs the user's code, in `child.rs`; the program's API to its
-//! workers (messages, kill, disconnect), in `control.rs`; handoff's accepting, in `handoff.rs`.
+//! The supervision logic (restarts, fork retries, reloads, scaling, heartbeats) is in
+//! `supervise.rs`; forking and what a forked child does before it runs the user's code, in
+//! `spawn.rs`; the program's API to its workers (messages, kill, disconnect), in `control.rs`;
+//! the primary's accepting, in `accepting.rs`; sends that never block, in `outbox.rs`.
 
-mod child;
+mod accepting;
 mod control;
-mod handoff;
+mod outbox;
+mod spawn;
 mod supervise;
+mod timers;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{self, Write};
-use std::time::Instant;
-
-use rustix::process::Pid;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant};
 
 use crate::channel::{Channel, ChannelError, Message};
-use crate::cluster::{Cluster, Config, Listeners};
-use crate::listener::{BindOptions, UnixPath};
-use crate::mode::Mode;
+use crate::config::Config;
+use crate::listener::UnixPath;
 use crate::mode::handoff::Dispatcher;
+use crate::mode::{Distribution, Slots};
 use crate::stats::{Counters, Snapshot};
 use crate::sys::epoll::{Epoll, Interest, Ready};
-use crate::sys::process::{self, Forked};
+use crate::sys::process::Child;
 use crate::sys::signal::{SignalFd, SignalSet};
-use crate::sys::timerfd::Timer;
 use crate::worker::Worker;
 use crate::{Event, ListenAddr};
 
-use handoff::AcceptPause;
-use supervise::{Reload, Restarts};
+use accepting::{Accepting, Pause};
+use outbox::{Outbox, Sent};
+use supervise::{Reload, Restarts, Retries};
+use timers::{Alarm, Deadlines};
 
 pub use control::WorkerInfo;
 
 /// The user's worker function, run in each forked worker.
 pub(crate) type WorkerMain = Box<dyn FnMut(&mut Worker) -> io::Result<()>>;
 
-/// Signals the primary reads from its signalfd.
-const PRIMARY_SIGNALS: [i32; 7] =
-    [libc::SIGCHLD, libc::SIGINT, libc::SIGTERM, libc::SIGQUIT, libc::SIGHUP, libc::SIGTTIN, libc::SIGTTOU];
+/// What [`crate::Cluster`] hands the primary: everything bound, nothing forked.
+pub(crate) struct Bound {
+    pub(crate) config: Config,
+    pub(crate) local_addr: ListenAddr,
+    pub(crate) mode: Box<dyn Distribution>,
+    pub(crate) unix_path: Option<UnixPath>,
+    pub(crate) counters: Counters,
+}
 
-const TOKEN_SIGNALS: u64 = u64::MAX;
-const TOKEN_LISTENER: u64 = u64::MAX - 1;
-const TOKEN_KILL_TIMER: u64 = u64::MAX - 2;
-const TOKEN_BACKOFF: u64 = u64::MAX - 3;
-const TOKEN_RELOAD_TIMER: u64 = u64::MAX - 4;
-const TOKEN_HEARTBEAT: u64 = u64::MAX - 5;
+/// Signals the primary reads from its signalfd (unless the host keeps them).
+const PRIMARY_SIGNALS: [i32; 6] =
+    [libc::SIGINT, libc::SIGTERM, libc::SIGQUIT, libc::SIGHUP, libc::SIGTTIN, libc::SIGTTOU];
 
-/// The primary's descriptors that a forked worker must close.
+/// What an epoll token stands for: the kind in the top byte, an index below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    Signals,
+    Alarm,
+    /// A listener the primary accepts on, by the mode's listener id.
+    Listener(usize),
+    /// Worker `key`'s control channel.
+    Control(u64),
+    /// Worker `key`'s lane.
+    Lane(u64),
+    /// Worker `key`'s pidfd.
+    Pidfd(u64),
+}
+
+const KIND_SHIFT: u32 = 56;
+const INDEX_MASK: u64 = (1 << KIND_SHIFT) - 1;
+
+impl From<Token> for u64 {
+    fn from(t: Token) -> u64 {
+        let (kind, index) = match t {
+            Token::Signals => (1, 0),
+            Token::Alarm => (2, 0),
+            Token::Listener(id) => (3, id as u64),
+            Token::Control(key) => (4, key),
+            Token::Lane(key) => (5, key),
+            Token::Pidfd(key) => (6, key),
+        };
+        (kind << KIND_SHIFT) | (index & INDEX_MASK)
+    }
+}
+
+impl Token {
+    fn from_u64(raw: u64) -> Option<Token> {
+        let index = raw & INDEX_MASK;
+        Some(match raw >> KIND_SHIFT {
+            1 => Token::Signals,
+            2 => Token::Alarm,
+            3 => Token::Listener(index as usize),
+            4 => Token::Control(index),
+            5 => Token::Lane(index),
+            6 => Token::Pidfd(index),
+            _ => return None,
+        })
+    }
+}
+
+/// The primary's descriptors, which a forked worker drops.
 #[derive(Debug)]
 struct PrimaryIo {
     epoll: Epoll,
-    signals: SignalFd,
-    kill_timer: Timer,
-    backoff: Timer,
-    reload_timer: Timer,
-    heartbeat: Timer,
-}
-
-impl PrimaryIo {
-    fn new(signals: &SignalSet) -> io::Result<PrimaryIo> {
-        let io = PrimaryIo {
-            epoll: Epoll::new()?,
-            signals: SignalFd::new(signals)?,
-            kill_timer: Timer::new()?,
-            backoff: Timer::new()?,
-            reload_timer: Timer::new()?,
-            heartbeat: Timer::new()?,
-        };
-        io.epoll.add(&io.signals, TOKEN_SIGNALS, Interest::READABLE)?;
-        io.epoll.add(&io.kill_timer, TOKEN_KILL_TIMER, Interest::READABLE)?;
-        io.epoll.add(&io.backoff, TOKEN_BACKOFF, Interest::READABLE)?;
-        io.epoll.add(&io.reload_timer, TOKEN_RELOAD_TIMER, Interest::READABLE)?;
-        io.epoll.add(&io.heartbeat, TOKEN_HEARTBEAT, Interest::READABLE)?;
-        Ok(io)
-    }
+    signals: Option<SignalFd>,
+    alarm: Alarm,
 }
 
 /// The primary's view of one worker process.
 #[derive(Debug)]
 struct WorkerHandle {
     id: usize,
-    pid: Pid,
     generation: u64,
-    channel: Channel,
-    /// The channel is open (no hangup seen yet).
+    child: Child,
+    control: Channel,
+    outbox: Outbox,
+    /// The control channel is open (no hangup seen yet).
     connected: bool,
     /// It reported `listening`.
     listening: bool,
@@ -108,37 +139,48 @@ struct WorkerHandle {
     asked_to_exit: bool,
     /// When a frame last arrived from it (or it was forked).
     last_seen: Instant,
-    /// The heartbeat already declared it hung.
+    /// The heartbeat (or an overflowing outbox) already declared it hung.
     hung: bool,
 }
 
 impl WorkerHandle {
     fn pid(&self) -> u32 {
-        self.pid.as_raw_nonzero().get() as u32
+        self.child.pid()
     }
 }
 
 /// A running cluster, seen from the primary process.
+///
+/// Drive it with [`next_event`](Self::next_event) (blocking), [`run`](Self::run), or — from a
+/// host's own event loop — by polling its descriptor ([`AsFd`]) for readability and calling
+/// [`try_event`](Self::try_event) until it returns `Ok(None)`.
 pub struct Primary {
     config: Config,
     local_addr: ListenAddr,
     counters: Counters,
-    listeners: Option<Listeners>,
-    bind_options: BindOptions,
+    /// `None` in a forked worker once it took what it needs.
+    mode: Option<Box<dyn Distribution>>,
     _unix_path: Option<UnixPath>,
+    /// `None` in a forked worker.
     io: Option<PrimaryIo>,
-    saved_mask: SignalSet,
+    saved_mask: Option<SignalSet>,
     workers: BTreeMap<u64, WorkerHandle>,
     next_key: u64,
     /// How many slots the cluster aims to keep filled.
     target: usize,
+    /// Slots the program emptied on purpose (disconnect, kill): not refilled.
+    vacated: std::collections::BTreeSet<usize>,
     /// The generation newly forked workers belong to.
     generation: u64,
+    /// Per slot: the generation of its last worker that listened — what a refill forks.
+    slot_generation: BTreeMap<usize, u64>,
     restarts: Restarts,
+    retries: Retries,
     reload: Option<Reload>,
     gave_up: bool,
     dispatcher: Option<Dispatcher>,
-    accept_paused: Option<AcceptPause>,
+    accepting: Accepting,
+    deadlines: Deadlines,
     events: VecDeque<Event>,
     shutting_down: bool,
     finished: bool,
@@ -156,54 +198,76 @@ impl std::fmt::Debug for Primary {
     }
 }
 
+/// The slots as the mode sees them.
+struct SlotView {
+    live: Vec<bool>,
+}
+
+impl Slots for SlotView {
+    fn live(&self, slot: usize) -> bool {
+        self.live.get(slot).copied().unwrap_or(false)
+    }
+}
+
 impl Primary {
-    pub(crate) fn start(cluster: Cluster, worker_main: WorkerMain) -> io::Result<Primary> {
-        let Cluster { config, local_addr, listeners, unix_path, counters, bind_options } = cluster;
-        let set = SignalSet::of(&PRIMARY_SIGNALS);
-        let saved_mask = set.block()?;
-        let io = match PrimaryIo::new(&set) {
-            Ok(io) => io,
-            Err(e) => {
-                let _ = saved_mask.set_mask();
-                return Err(e);
+    pub(crate) fn start(bound: Bound, worker_main: WorkerMain) -> io::Result<Primary> {
+        let Bound { config, local_addr, mode, unix_path, counters } = bound;
+        let (signals, saved_mask) = if config.handle_signals {
+            let set = SignalSet::of(&PRIMARY_SIGNALS);
+            let saved = set.block()?;
+            match SignalFd::new(&set) {
+                Ok(fd) => (Some(fd), Some(saved)),
+                Err(e) => {
+                    let _ = saved.set_mask();
+                    return Err(e);
+                }
             }
+        } else {
+            (None, None)
         };
-        let dispatcher =
-            (config.mode == Mode::Handoff).then(|| Dispatcher::new(config.handoff_window, counters.clone()));
-        let restarts = Restarts::new(config.restart_limit, config.restart_window);
+        let io = PrimaryIo { epoll: Epoll::new()?, signals, alarm: Alarm::new()? };
+        if let Some(s) = &io.signals {
+            io.epoll.add(s, Token::Signals.into(), Interest::READABLE)?;
+        }
+        io.epoll.add(io.alarm.timer(), Token::Alarm.into(), Interest::READABLE)?;
+        let dispatcher = mode.uses_lanes().then(|| Dispatcher::new(config.handoff_window, counters.clone()));
         let mut primary = Primary {
             target: config.workers,
+            restarts: Restarts::new(config.restart_limit, config.restart_window),
             config,
             local_addr,
             counters,
-            listeners: Some(listeners),
-            bind_options,
+            mode: Some(mode),
             _unix_path: unix_path,
             io: Some(io),
             saved_mask,
             workers: BTreeMap::new(),
             next_key: 0,
+            vacated: Default::default(),
             generation: 0,
-            restarts,
+            slot_generation: BTreeMap::new(),
+            retries: Retries::default(),
             reload: None,
             gave_up: false,
             dispatcher,
-            accept_paused: None,
+            accepting: Accepting::new(),
+            deadlines: Deadlines::default(),
             events: VecDeque::new(),
             shutting_down: false,
             finished: false,
             ready: Vec::with_capacity(64),
             worker_main,
         };
-        if let Some(Listeners::Handoff(l)) = &primary.listeners {
-            primary.io().epoll.add(l, TOKEN_LISTENER, Interest::READABLE)?;
-        }
         if let Some(hb) = primary.config.heartbeat {
-            primary.io().heartbeat.arm(hb.interval)?;
+            primary.deadlines.heartbeat = Some(Instant::now() + hb.interval);
         }
-        for slot in 0..primary.target {
-            primary.spawn(slot)?;
+        // The first fork's failure is the caller's to see (a multi-threaded primary, say); later
+        // ones are events, retried, while the workers already forked serve.
+        primary.spawn(0, 0)?;
+        for slot in 1..primary.target {
+            primary.spawn_or_retry(slot, 0);
         }
+        primary.after_turn()?;
         Ok(primary)
     }
 
@@ -223,7 +287,20 @@ impl Primary {
 
     /// Turns the primary's loop until something happens, and reports it. Returns `Ok(None)` once
     /// every worker has exited after a shutdown (or once none is left at all).
+    ///
+    /// # Errors
+    /// Only what leaves the primary unable to go on: its own epoll or timer failing. Everything
+    /// that concerns one worker — a failed fork, a bad frame, a send that does not fit — is an
+    /// [`Event`] and the primary carries on.
     pub fn next_event(&mut self) -> io::Result<Option<Event>> {
+        self.next_event_timeout(None)
+    }
+
+    /// [`next_event`](Self::next_event), waiting at most `timeout` (`None`: for ever). Returns
+    /// `Ok(None)` at the timeout as at the end; tell them apart with
+    /// [`is_finished`](Self::is_finished).
+    pub fn next_event_timeout(&mut self, timeout: Option<Duration>) -> io::Result<Option<Event>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             if let Some(event) = self.events.pop_front() {
                 return Ok(Some(event));
@@ -231,8 +308,23 @@ impl Primary {
             if self.finished {
                 return Ok(None);
             }
-            self.turn()?;
+            let wait = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if self.turn(wait)? == 0 && wait.is_some_and(|w| w.is_zero()) {
+                return Ok(self.events.pop_front());
+            }
         }
+    }
+
+    /// The next event if one is ready, without waiting: what a host calls when the primary's
+    /// descriptor is readable, until it returns `Ok(None)`.
+    pub fn try_event(&mut self) -> io::Result<Option<Event>> {
+        self.next_event_timeout(Some(Duration::ZERO))
+    }
+
+    /// Whether every worker has exited after a shutdown (or none is left at all): no event
+    /// will come any more.
+    pub fn is_finished(&self) -> bool {
+        self.finished && self.events.is_empty()
     }
 
     /// Runs until shutdown, passing every event to `on_event`; returns the final counters.
@@ -259,163 +351,243 @@ impl Primary {
 
     /// Begins a shutdown, as SIGTERM does (`graceful`) or SIGQUIT does (not).
     pub fn shutdown(&mut self, graceful: bool) -> io::Result<()> {
-        self.begin_shutdown(0, graceful)
-    }
-
-    /// One `epoll_wait` and everything it reported.
-    fn turn(&mut self) -> io::Result<()> {
-        let mut ready = std::mem::take(&mut self.ready);
-        self.io().epoll.wait(&mut ready, None)?;
-        for r in &ready {
-            match r.token {
-                TOKEN_SIGNALS => self.on_signals()?,
-                TOKEN_LISTENER => self.accept_and_dispatch()?,
-                TOKEN_KILL_TIMER => {
-                    self.io().kill_timer.clear();
-                    self.kill_all(libc::SIGKILL);
-                }
-                TOKEN_BACKOFF => {
-                    self.io().backoff.clear();
-                    self.resume_accepting(AcceptPause::BackOff)?;
-                }
-                TOKEN_RELOAD_TIMER => {
-                    self.io().reload_timer.clear();
-                    self.reload_timed_out()?;
-                }
-                TOKEN_HEARTBEAT => {
-                    self.io().heartbeat.clear();
-                    self.heartbeat()?;
-                }
-                key => self.on_channel(key, r.hangup && !r.readable)?,
-            }
-        }
-        self.ready = ready;
+        self.begin_shutdown(0, graceful);
         self.after_turn()
     }
 
+    /// One `epoll_wait` (at most `timeout`) and everything it reported; returns how many
+    /// descriptors were ready.
+    fn turn(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
+        let mut ready = std::mem::take(&mut self.ready);
+        self.io().epoll.wait(&mut ready, timeout)?;
+        for r in &ready {
+            match Token::from_u64(r.token) {
+                Some(Token::Signals) => self.on_signals()?,
+                Some(Token::Alarm) => self.on_alarm(),
+                Some(Token::Listener(id)) => self.accept_burst(id)?,
+                Some(Token::Control(key)) => {
+                    if r.writable {
+                        self.flush_outbox(key);
+                    }
+                    if r.readable || r.hangup {
+                        self.on_control(key, r.hangup && !r.readable);
+                    }
+                }
+                Some(Token::Lane(key)) => {
+                    if let Some(d) = &mut self.dispatcher {
+                        d.on_lane_readable(key);
+                    }
+                }
+                Some(Token::Pidfd(key)) => self.on_pidfd(key),
+                None => {}
+            }
+        }
+        let n = ready.len();
+        self.ready = ready;
+        self.after_turn()?;
+        Ok(n)
+    }
+
+    /// What every turn ends with: hand out what the dispatcher can, settle which listeners the
+    /// primary watches, collect warnings, arm the alarm, decide whether it is all over.
     fn after_turn(&mut self) -> io::Result<()> {
         self.disconnect_all_once_drained();
-        if self.accept_paused == Some(AcceptPause::QueueFull)
-            && self.dispatcher.as_ref().is_some_and(|d| d.queued() <= self.config.handoff_queue_limit / 2)
-        {
-            self.resume_accepting(AcceptPause::QueueFull)?;
+        self.resume_if_queue_drained();
+        self.reconcile_accepting()?;
+        if let Some(d) = &mut self.dispatcher {
+            for message in d.take_warnings() {
+                self.events.push_back(Event::Warning { id: None, pid: None, message });
+            }
         }
-        if self.workers.is_empty() {
+        let next = [
+            self.deadlines.kill,
+            self.deadlines.accept,
+            self.deadlines.reload,
+            self.deadlines.heartbeat,
+            self.retries.next_due(),
+            self.dispatcher.as_ref().and_then(Dispatcher::next_deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if let Some(io) = &mut self.io {
+            io.alarm.set(next)?;
+        }
+        if self.workers.is_empty() && (self.shutting_down || !self.retries.any()) {
             self.finished = true;
         }
         Ok(())
     }
 
-    /// While shutting down: asks every worker to finish and exit — in handoff mode only once the
-    /// connections still queued in the primary have been handed out.
+    /// The alarm rang: act on every deadline that has passed.
+    fn on_alarm(&mut self) {
+        if let Some(io) = &mut self.io {
+            io.alarm.fired();
+        }
+        let now = Instant::now();
+        if timers::due(&mut self.deadlines.kill, now) {
+            self.kill_all(libc::SIGKILL);
+        }
+        if timers::due(&mut self.deadlines.accept, now) {
+            self.accept_backoff_ended();
+        }
+        if timers::due(&mut self.deadlines.reload, now) {
+            self.reload_timed_out();
+        }
+        if timers::due(&mut self.deadlines.heartbeat, now) {
+            self.heartbeat(now);
+        }
+        self.retry_due_spawns(now);
+        if let Some(d) = &mut self.dispatcher {
+            d.on_timer(now);
+        }
+    }
+
+    /// A warning from the primary itself.
+    fn warn(&mut self, message: String) {
+        self.events.push_back(Event::Warning { id: None, pid: None, message });
+    }
+
+    /// Which slots have a live worker (forked and not asked to exit).
+    fn slot_view(&self) -> SlotView {
+        let mut live = Vec::new();
+        for w in self.workers.values().filter(|w| !w.asked_to_exit) {
+            if live.len() <= w.id {
+                live.resize(w.id + 1, false);
+            }
+            live[w.id] = true;
+        }
+        SlotView { live }
+    }
+
+    fn slot_has_live_worker(&self, slot: usize) -> bool {
+        self.workers.values().any(|w| w.id == slot && !w.asked_to_exit)
+    }
+
+    /// While shutting down: asks every worker to finish and exit — once the connections still
+    /// queued in the primary have been handed out.
     fn disconnect_all_once_drained(&mut self) {
         if !self.shutting_down || self.dispatcher.as_ref().is_some_and(|d| d.queued() > 0) {
             return;
         }
         let keys: Vec<u64> = self.workers.iter().filter(|(_, w)| !w.asked_to_exit).map(|(k, _)| *k).collect();
         for key in keys {
-            self.disconnect_key(key);
+            self.stop_worker(key);
         }
     }
 
     fn on_signals(&mut self) -> io::Result<()> {
-        while let Some((signal, _sender)) = self.io().signals.read()? {
+        loop {
+            let Some(signals) = self.io().signals.as_ref() else { return Ok(()) };
+            let Some((signal, _sender)) = signals.read()? else { return Ok(()) };
             match signal {
-                libc::SIGCHLD => self.reap()?,
-                libc::SIGINT if self.shutting_down => self.begin_shutdown(signal, false)?,
-                libc::SIGINT | libc::SIGTERM => self.begin_shutdown(signal, true)?,
-                libc::SIGQUIT => self.begin_shutdown(signal, false)?,
-                libc::SIGHUP => self.reload()?,
-                libc::SIGTTIN => self.scale(self.target + 1)?,
-                libc::SIGTTOU => self.scale(self.target.saturating_sub(1).max(1))?,
+                libc::SIGINT if self.shutting_down => self.begin_shutdown(signal, false),
+                libc::SIGINT | libc::SIGTERM => self.begin_shutdown(signal, true),
+                libc::SIGQUIT => self.begin_shutdown(signal, false),
+                libc::SIGHUP => self.reload(),
+                libc::SIGTTIN => self.scale(self.target + 1),
+                libc::SIGTTOU => self.scale(self.target.saturating_sub(1).max(1)),
                 _ => {}
             }
         }
-        Ok(())
     }
 
-    fn begin_shutdown(&mut self, signal: i32, graceful: bool) -> io::Result<()> {
+    fn begin_shutdown(&mut self, signal: i32, graceful: bool) {
         self.events.push_back(Event::Shutdown { signal, graceful });
         self.reload = None;
-        self.io().reload_timer.disarm()?;
+        self.deadlines.reload = None;
+        self.retries.clear();
         if !graceful {
             self.shutting_down = true;
             self.kill_all(libc::SIGKILL);
-            return Ok(());
+            return;
         }
         if self.shutting_down {
-            return Ok(());
+            return;
         }
         self.shutting_down = true;
-        self.pause_accepting(AcceptPause::Stopped)?;
-        self.io().kill_timer.arm(self.config.shutdown_timeout)?;
-        self.disconnect_all_once_drained();
-        Ok(())
+        self.pause_accepting(Pause::Stopped);
+        self.deadlines.kill = Some(Instant::now() + self.config.shutdown_timeout);
     }
 
-    /// Takes worker `key` out of the handoff rotation (its unacknowledged handoffs stay until
-    /// acknowledged).
-    fn stop_dispatching_to(&mut self, key: u64) {
+    /// Puts worker `key` in or out of the handoff rotation.
+    fn set_serving(&mut self, key: u64, serving: bool) {
         if let Some(d) = &mut self.dispatcher {
-            let workers = &self.workers;
-            d.remove_worker(key, false, |k| workers.get(&k).map(|w| &w.channel));
-        }
-    }
-
-    /// Puts worker `key` (back) into the handoff rotation.
-    fn dispatch_to(&mut self, key: u64) {
-        if let Some(d) = &mut self.dispatcher {
-            let workers = &self.workers;
-            d.add_worker(key, |k| workers.get(&k).filter(|w| w.connected).map(|w| &w.channel));
+            d.set_serving(key, serving);
         }
     }
 
     /// Asks worker `key` to stop accepting, finish its connections and exit.
-    fn disconnect_key(&mut self, key: u64) {
-        self.stop_dispatching_to(key);
+    fn stop_worker(&mut self, key: u64) {
+        self.set_serving(key, false);
         let Some(w) = self.workers.get_mut(&key) else { return };
-        w.asked_to_exit = true;
-        if w.connected && w.channel.send(&Message::Disconnect, &[]).is_err() {
-            let _ = process::kill(w.pid, libc::SIGTERM);
+        if !w.asked_to_exit {
+            w.asked_to_exit = true;
+            self.accepting.dirty = true;
+        }
+        if w.connected {
+            self.send_control(key, Message::Stop, &[]);
+        }
+    }
+
+    /// Sends on worker `key`'s control channel without ever blocking (see `outbox.rs`). A worker
+    /// whose outbox overflows is not reading: it is killed as hung.
+    fn send_control(&mut self, key: u64, message: Message, fds: &[BorrowedFd<'_>]) -> bool {
+        let Some(w) = self.workers.get_mut(&key) else { return false };
+        match w.outbox.send(&w.control, message, fds) {
+            Ok(Sent::Done) => true,
+            Ok(Sent::Waiting) => {
+                let interest = Interest { readable: true, writable: true, ..Interest::default() };
+                let _ = self.io.as_ref().map(|io| io.epoll.modify(&w.control, Token::Control(key).into(), interest));
+                true
+            }
+            Ok(Sent::Closed) => false,
+            Ok(Sent::Overflow) => {
+                let (id, pid, silent_for) = (w.id, w.pid(), w.last_seen.elapsed());
+                if !w.hung {
+                    w.hung = true;
+                    let _ = w.child.signal(libc::SIGKILL);
+                    self.events.push_back(Event::Unresponsive { id, pid, silent_for });
+                }
+                false
+            }
+            Err(e) => {
+                let (id, pid) = (w.id, w.pid());
+                self.events.push_back(Event::Warning { id: Some(id), pid: Some(pid), message: e.to_string() });
+                false
+            }
+        }
+    }
+
+    /// Worker `key`'s control channel is writable: send what waits in its outbox.
+    fn flush_outbox(&mut self, key: u64) {
+        let Some(w) = self.workers.get_mut(&key) else { return };
+        match w.outbox.flush(&w.control) {
+            Ok(true) => {
+                let _ = self
+                    .io
+                    .as_ref()
+                    .map(|io| io.epoll.modify(&w.control, Token::Control(key).into(), Interest::READABLE));
+            }
+            Ok(false) => {}
+            // Closed: the exit handling follows.
+            Err(_) => {}
         }
     }
 
     fn kill_all(&mut self, signal: i32) {
         for w in self.workers.values_mut() {
             w.asked_to_exit = true;
-            let _ = process::kill(w.pid, signal);
+            let _ = w.child.signal(signal);
         }
+        self.accepting.dirty = true;
     }
 
-    fn reap(&mut self) -> io::Result<()> {
-        let keys: Vec<u64> = self.workers.keys().copied().collect();
-        for key in keys {
-            let pid = self.workers[&key].pid;
-            if let Some(status) = process::reap(pid)? {
-                // Read what the worker sent before it died — above all its last acks — before
-                // its unacknowledged handoffs are requeued: a connection it acknowledged is its
-                // own, and giving it to another worker would serve it twice.
-                self.on_channel(key, false)?;
-                self.on_channel_closed(key);
-                let w = self.workers.remove(&key).expect("reaped worker is known");
-                let expected = w.asked_to_exit || self.shutting_down;
-                self.events.push_back(Event::Exit {
-                    id: w.id,
-                    pid: w.pid(),
-                    status,
-                    exited_after_disconnect: expected,
-                });
-                self.after_exit(key, &w, status, expected)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Reads every frame waiting on worker `key`'s channel.
-    fn on_channel(&mut self, key: u64, hangup: bool) -> io::Result<()> {
+    /// Reads every frame waiting on worker `key`'s control channel.
+    fn on_control(&mut self, key: u64, hangup: bool) {
         if hangup {
-            self.on_channel_closed(key);
-            return Ok(());
+            self.on_control_closed(key);
+            return;
         }
         // A readable channel means the worker sent something: it is alive (one clock read per
         // wakeup, not per frame).
@@ -423,114 +595,144 @@ impl Primary {
             w.last_seen = Instant::now();
         }
         loop {
-            let Some(w) = self.workers.get_mut(&key) else { return Ok(()) };
+            let Some(w) = self.workers.get_mut(&key) else { return };
             let (id, pid) = (w.id, w.pid());
-            let received = match w.channel.try_recv() {
+            let received = match w.control.try_recv() {
                 Ok(Some(r)) => r,
-                Ok(None) => return Ok(()),
+                Ok(None) => return,
                 Err(ChannelError::Closed) => {
-                    self.on_channel_closed(key);
-                    return Ok(());
+                    self.on_control_closed(key);
+                    return;
                 }
                 Err(e) => {
-                    eprintln!("herd: primary: bad frame from worker {id} (pid {pid}): {e}");
-                    if matches!(e, ChannelError::Io(_)) {
-                        self.on_channel_closed(key);
-                        return Ok(());
+                    let closed = matches!(e, ChannelError::Io(_));
+                    self.events.push_back(Event::Warning {
+                        id: Some(id),
+                        pid: Some(pid),
+                        message: format!("bad frame from the worker: {e}"),
+                    });
+                    if closed {
+                        self.on_control_closed(key);
+                        return;
                     }
                     continue;
                 }
             };
-            let workers = &self.workers;
-            let channel_of = |k: u64| workers.get(&k).filter(|w| w.connected).map(|w| &w.channel);
             match received.message {
                 Message::Online => self.events.push_back(Event::Online { id, pid }),
-                Message::Listening => self.on_listening(key)?,
-                Message::Ack { count } => {
-                    if let Some(d) = &mut self.dispatcher {
-                        d.ack(key, count, channel_of);
-                    }
-                }
-                Message::Reject { count } => {
-                    if let Some(d) = &mut self.dispatcher {
-                        d.reject(key, count, channel_of);
-                    }
-                }
+                Message::Listening => self.on_listening(key),
                 Message::User(data) => self.events.push_back(Event::Message { id, pid, data }),
                 Message::Pong => {}
-                Message::Retiring => self.on_retiring(key)?,
-                other => eprintln!("herd: primary: unexpected {other:?} from worker {id} (pid {pid})"),
+                Message::Retiring => self.on_retiring(key),
+                Message::Pressure => self.on_pressure(key),
+                Message::Resume => {
+                    if let Some(d) = &mut self.dispatcher {
+                        d.resume(key);
+                    }
+                }
+                Message::Warning(message) => {
+                    self.events.push_back(Event::Warning { id: Some(id), pid: Some(pid), message })
+                }
+                other => self.events.push_back(Event::Warning {
+                    id: Some(id),
+                    pid: Some(pid),
+                    message: format!("unexpected {other:?} from the worker"),
+                }),
             }
         }
     }
 
-    /// The worker's end of the channel closed: it is exiting (or gone). Its unacknowledged
-    /// handoffs go to other workers.
-    fn on_channel_closed(&mut self, key: u64) {
+    /// Worker `key` ran out of descriptors and stopped reading its lane: take back what is
+    /// queued in it (what the primary has room for), then tell it so.
+    fn on_pressure(&mut self, key: u64) {
+        if let Some(d) = &mut self.dispatcher {
+            d.pressure(key);
+        }
+        self.send_control(key, Message::Reclaimed, &[]);
+    }
+
+    /// The worker's control channel closed: it is exiting (or gone), or closed its end.
+    fn on_control_closed(&mut self, key: u64) {
         let Some(w) = self.workers.get_mut(&key) else { return };
         if !w.connected {
             return;
         }
         w.connected = false;
         let (id, pid) = (w.id, w.pid());
-        let _ = self.io().epoll.delete(&self.workers[&key].channel);
-        if let Some(d) = &mut self.dispatcher {
-            let workers = &self.workers;
-            d.remove_worker(key, true, |k| workers.get(&k).filter(|w| w.connected).map(|w| &w.channel));
-        }
+        let _ = self.io.as_ref().map(|io| io.epoll.delete(&w.control));
+        self.set_serving(key, false);
         self.events.push_back(Event::Disconnect { id, pid });
     }
 
-    /// Forks a worker for `slot`, of the current generation; returns its key.
-    fn spawn(&mut self, slot: usize) -> io::Result<u64> {
-        let (ours, theirs) = Channel::pair().map_err(|e| crate::sys::context(e, format!("spawning worker {slot}")))?;
-        self.counters.use_slot(slot);
-        match process::fork_worker().map_err(|e| crate::sys::context(e, format!("spawning worker {slot}")))? {
-            Forked::Parent(pid) => {
-                drop(theirs);
-                let key = self.next_key;
-                self.next_key += 1;
-                if let Err(e) = self.io().epoll.add(&ours, key, Interest::READABLE) {
-                    // A worker the primary cannot hear from must not live on unsupervised.
-                    process::kill_and_wait(pid);
-                    return Err(crate::sys::context(e, format!("watching worker {slot}'s channel")));
-                }
-                let handle = WorkerHandle {
-                    id: slot,
-                    pid,
-                    generation: self.generation,
-                    channel: ours,
-                    connected: true,
-                    listening: false,
-                    asked_to_exit: false,
-                    last_seen: Instant::now(),
-                    hung: false,
-                };
-                self.events.push_back(Event::Fork { id: slot, pid: handle.pid() });
-                self.workers.insert(key, handle);
-                Ok(key)
+    /// Worker `key`'s pidfd is readable: it has exited. Reap it, read what it sent last, take
+    /// back what it never read from its lane, and report it.
+    fn on_pidfd(&mut self, key: u64) {
+        let Some(w) = self.workers.get(&key) else { return };
+        let status = match w.child.try_reap() {
+            Ok(Some(status)) => status,
+            Ok(None) => return,
+            Err(e) => {
+                // The pidfd is readable, so the process has ended; how is unknown.
+                let (id, pid) = (w.id, w.pid());
+                self.events.push_back(Event::Warning { id: Some(id), pid: Some(pid), message: e.to_string() });
+                crate::sys::process::ExitStatus::Unknown
             }
-            Forked::Child => {
-                drop(ours);
-                let code = self.become_worker(slot, theirs);
-                let _ = io::stdout().flush();
-                let _ = io::stderr().flush();
-                process::exit_now(code)
-            }
+        };
+        // Its last messages first (a retiring notice, a warning), then its lane.
+        self.on_control(key, false);
+        self.on_control_closed(key);
+        if let Some(d) = &mut self.dispatcher {
+            d.remove_lane(key);
         }
+        let w = self.workers.remove(&key).expect("reaped worker is known");
+        self.accepting.dirty = true;
+        let expected = w.asked_to_exit || self.shutting_down;
+        self.events.push_back(Event::Exit { id: w.id, pid: w.pid(), status, exited_after_disconnect: expected });
+        self.after_exit(key, &w, status, expected);
+    }
+}
+
+impl AsFd for Primary {
+    /// The primary's epoll instance: readable whenever [`Primary::try_event`] has something to
+    /// do. Register it (level- or edge-triggered) in a host's event loop.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.io().epoll.as_fd()
     }
 }
 
 impl Drop for Primary {
     /// Kills any worker still running (a primary dropped mid-run must not leave orphans), reaps
-    /// it, and restores the signal mask the process had before [`Cluster::start`].
+    /// it, and restores the signal mask the process had before [`crate::Cluster::start`].
     fn drop(&mut self) {
         if self.io.is_none() {
             return; // a forked worker's copy
         }
         for w in self.workers.values() {
-            process::kill_and_wait(w.pid);
+            w.child.kill_and_wait();
         }
-        let _ = self.saved_mask.set_mask();
+        if let Some(mask) = &self.saved_mask {
+            let _ = mask.set_mask();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        for t in [
+            Token::Signals,
+            Token::Alarm,
+            Token::Listener(0),
+            Token::Listener(1023),
+            Token::Control(7),
+            Token::Lane(u32::MAX as u64),
+            Token::Pidfd(42),
+        ] {
+            assert_eq!(Token::from_u64(t.into()), Some(t));
+        }
+        assert_eq!(Token::from_u64(0), None);
     }
 }

@@ -8,7 +8,6 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
-use rustix::event::Timespec;
 use rustix::event::epoll;
 
 /// What to wait for on a registered descriptor.
@@ -103,7 +102,7 @@ impl Epoll {
     ///
     /// [`epoll_wait(2)`]: https://man7.org/linux/man-pages/man2/epoll_wait.2.html
     pub fn wait(&self, out: &mut Vec<Ready>, timeout: Option<Duration>) -> io::Result<usize> {
-        let timeout = timeout.map(|d| Timespec { tv_sec: d.as_secs() as i64, tv_nsec: d.subsec_nanos() as _ });
+        let timeout = timeout.map(super::timespec);
         let mut events: [epoll::Event; 64] =
             [epoll::Event { flags: epoll::EventFlags::empty(), data: epoll::EventData::new_u64(0) }; 64];
         out.clear();
@@ -132,5 +131,20 @@ impl AsFd for Epoll {
     /// which is how a worker's whole accept source is registered in someone else's event loop.
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_with_a_huge_timeout_saturates_instead_of_failing() {
+        let epoll = Epoll::new().unwrap();
+        let ready = crate::sys::eventfd::EventFd::new().unwrap();
+        ready.notify();
+        epoll.add(&ready, 1, Interest::READABLE).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(epoll.wait(&mut out, Some(Duration::MAX)).unwrap(), 1);
     }
 }

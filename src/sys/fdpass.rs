@@ -21,9 +21,9 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
 
-/// The most descriptors one frame may carry. The receive buffer has room for exactly this many;
-/// a sender that attaches more makes the kernel set `MSG_CTRUNC` and close the rest.
-pub const MAX_FDS: usize = 8;
+/// The most descriptors one message may carry. The receive buffer has room for exactly this
+/// many; a sender that attaches more makes the kernel set `MSG_CTRUNC` and close the rest.
+pub const MAX_FDS: usize = 64;
 
 /// The most slices one [`send_with_fds`] gathers.
 pub const MAX_IOV: usize = 4;
@@ -97,17 +97,30 @@ pub struct Received {
     pub fds: Vec<OwnedFd>,
 }
 
+/// How [`recv_with_fds`] reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecvOptions {
+    /// `MSG_DONTWAIT`: return `EAGAIN` instead of waiting.
+    pub nonblocking: bool,
+    /// `MSG_PEEK`: leave the message queued. Its descriptors are still installed — as *new*
+    /// descriptors for the same files (see `unix(7)`) — and the ones queued stay in flight.
+    pub peek: bool,
+}
+
 /// Corresponds to `recvmsg(fd, buf, .., MSG_CMSG_CLOEXEC | flags)`; see [`recvmsg(2)`].
-/// `nonblocking` adds `MSG_DONTWAIT`. Retries `EINTR`. A return with `len == 0` and no
-/// flags is end of file: the peer closed its end.
+/// Retries `EINTR`. A return with `len == 0` and no flags is end of file: the peer closed its
+/// end.
 ///
 /// [`recvmsg(2)`]: https://man7.org/linux/man-pages/man2/recvmsg.2.html
-pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], nonblocking: bool) -> io::Result<Received> {
+pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], options: RecvOptions) -> io::Result<Received> {
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut flags = RecvFlags::CMSG_CLOEXEC;
-    if nonblocking {
+    if options.nonblocking {
         flags |= RecvFlags::DONTWAIT;
+    }
+    if options.peek {
+        flags |= RecvFlags::PEEK;
     }
     let msg = loop {
         let mut iov = [IoSliceMut::new(buf)];
@@ -136,6 +149,21 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], nonblocking: bool) ->
         control_truncated,
         fds,
     })
+}
+
+/// Removes the message at the head of the queue without installing its descriptors:
+/// `recvmsg(fd, {}, no control buffer, MSG_DONTWAIT)`. The kernel drops the queue's references
+/// to the attached files; copies the caller took with a [`RecvOptions::peek`] keep them open.
+/// Retries `EINTR`.
+pub fn discard(sock: BorrowedFd<'_>) -> io::Result<()> {
+    let mut control = RecvAncillaryBuffer::new(&mut []);
+    loop {
+        match rustix::net::recvmsg(sock, &mut [], &mut control, RecvFlags::DONTWAIT) {
+            Ok(_) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(super::from_errno(e)),
+        }
+    }
 }
 
 /// Whether the peer of a connected socket has closed or shut down its end: a `poll(2)` for

@@ -11,6 +11,8 @@
 //! [`AsFd`]: std::os::fd::AsFd
 //! [`BorrowedFd`]: std::os::fd::BorrowedFd
 
+#![allow(unsafe_code)]
+
 pub mod epoll;
 pub mod eventfd;
 pub mod fdpass;
@@ -31,6 +33,13 @@ use std::io;
 pub fn context(err: impl Into<io::Error>, what: impl std::fmt::Display) -> io::Error {
     let err = err.into();
     io::Error::new(err.kind(), format!("{what}: {err}"))
+}
+
+/// A `timespec` for `d`, saturating: a `Duration` of more seconds than `time_t` holds becomes
+/// the largest `time_t` (about 292 billion years) instead of wrapping to a negative time, which
+/// the kernel would refuse with `EINVAL`.
+pub(crate) fn timespec(d: std::time::Duration) -> rustix::event::Timespec {
+    rustix::event::Timespec { tv_sec: d.as_secs().min(i64::MAX as u64) as i64, tv_nsec: d.subsec_nanos() as _ }
 }
 
 /// Converts a rustix error into a `std::io::Error`.

@@ -85,20 +85,40 @@ pub enum Disposition {
     Default,
     /// `SIG_IGN`.
     Ignore,
+    /// A handler that does nothing (`SA_RESTART`): the signal is caught and dropped. Unlike
+    /// `SIG_IGN`, a caught signal goes back to `SIG_DFL` across `execve`, so programs the
+    /// process starts are not left ignoring it.
+    Discard,
+    /// A handler installed by someone else.
+    Handler,
 }
 
-/// Corresponds to `sigaction(signal, {SIG_DFL|SIG_IGN})`; see [`sigaction(2)`].
+/// The handler behind [`Disposition::Discard`]. Async-signal-safe: it does nothing.
+extern "C" fn discard(_signal: libc::c_int) {}
+
+/// Corresponds to `sigaction(signal, ..)` with `SIG_DFL`, `SIG_IGN` or a handler that does
+/// nothing; see [`sigaction(2)`].
+///
+/// # Errors
+/// `InvalidInput` for [`Disposition::Handler`] (herd installs no other handler) or a bad signal.
 ///
 /// [`sigaction(2)`]: https://man7.org/linux/man-pages/man2/sigaction.2.html
 pub fn set_disposition(signal: i32, disposition: Disposition) -> io::Result<()> {
     let handler = match disposition {
         Disposition::Default => libc::SIG_DFL,
         Disposition::Ignore => libc::SIG_IGN,
+        Disposition::Discard => discard as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        Disposition::Handler => {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "set_disposition: herd installs no other handler"));
+        }
     };
-    // SAFETY: installing SIG_DFL or SIG_IGN runs no code of ours in signal context.
+    // SAFETY: SIG_DFL and SIG_IGN run no code of ours in signal context, and `discard` is an
+    // `extern "C"` function that does nothing, which is async-signal-safe; the action struct is
+    // fully initialised before the call.
     let r = unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = handler;
+        action.sa_flags = libc::SA_RESTART;
         libc::sigemptyset(&mut action.sa_mask);
         libc::sigaction(signal, &action, std::ptr::null_mut())
     };
@@ -106,6 +126,25 @@ pub fn set_disposition(signal: i32, disposition: Disposition) -> io::Result<()> 
         return Err(super::context(io::Error::last_os_error(), format!("sigaction({signal})")));
     }
     Ok(())
+}
+
+/// The current disposition of `signal` (`sigaction(signal, NULL, &old)`).
+pub fn disposition(signal: i32) -> io::Result<Disposition> {
+    // SAFETY: a null new action only reads the current one into `old`, which is ours.
+    let (r, old) = unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        let r = libc::sigaction(signal, std::ptr::null(), &mut old);
+        (r, old)
+    };
+    if r < 0 {
+        return Err(super::context(io::Error::last_os_error(), format!("sigaction({signal})")));
+    }
+    Ok(match old.sa_sigaction {
+        libc::SIG_DFL => Disposition::Default,
+        libc::SIG_IGN => Disposition::Ignore,
+        h if h == discard as extern "C" fn(libc::c_int) as libc::sighandler_t => Disposition::Discard,
+        _ => Disposition::Handler,
+    })
 }
 
 /// A [`signalfd(2)`] created with `SFD_CLOEXEC | SFD_NONBLOCK`. The signals must also be

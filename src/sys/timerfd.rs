@@ -7,7 +7,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
-use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec};
+use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags};
 
 /// A monotonic one-shot timer (`TFD_CLOEXEC | TFD_NONBLOCK`).
 #[derive(Debug)]
@@ -15,9 +15,7 @@ pub struct Timer {
     fd: OwnedFd,
 }
 
-fn timespec(d: Duration) -> Timespec {
-    Timespec { tv_sec: d.as_secs() as _, tv_nsec: d.subsec_nanos() as _ }
-}
+use super::timespec;
 
 impl Timer {
     /// Corresponds to `timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK)`.
@@ -58,5 +56,18 @@ impl Timer {
 impl AsFd for Timer {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timer_armed_for_ever_saturates_instead_of_failing() {
+        let timer = Timer::new().unwrap();
+        timer.arm(Duration::MAX).unwrap();
+        assert!(!timer.clear(), "not fired");
+        timer.disarm().unwrap();
     }
 }

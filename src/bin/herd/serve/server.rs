@@ -181,10 +181,11 @@ enum Next {
 
 /// The worker function: serve until the primary says stop and every connection is done.
 pub fn run(worker: &mut Worker, api: WorkerApi, behaviour: Behaviour) -> io::Result<()> {
+    // A slow start-up, then (for a broken generation) a crash: a bad deploy that takes a while to fail.
+    std::thread::sleep(behaviour.startup_delay);
     if behaviour.crash_after == Some(0) || behaviour.broken_generation.is_some_and(|g| worker.generation() >= g) {
         std::process::abort();
     }
-    std::thread::sleep(behaviour.startup_delay);
     let body = format!("worker {} pid {}\n", worker.id(), worker.pid()).into_bytes();
     let mut app = App { body, behaviour, served: 0, retire_due: false, retired: false };
     match api {

@@ -1,0 +1,199 @@
+//! The primary's own accepting: on handoff's listener always, and on a reuseport slot's
+//! listener while the slot has no worker (the mode decides, [`crate::mode::Distribution`]).
+//! Connections are accepted in bursts and handed to the dispatcher, which sends them to workers
+//! in batches. Accepting pauses when descriptors run out (`EMFILE`: for a back-off), when the
+//! queue is full (until it is half empty) and for good at shutdown.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use super::{Primary, Token};
+use crate::accept::{self, Accepted};
+use crate::listener::Listener;
+use crate::stats::PrimaryCounter;
+use crate::sys::epoll::Interest;
+
+/// How many connections the primary accepts per listener per wakeup before it looks at its
+/// channels again.
+const ACCEPT_BURST: usize = 64;
+
+/// The primary says it is out of descriptors at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(1);
+
+/// Why the primary is not accepting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pause {
+    /// Out of descriptors: resume when the back-off ends.
+    BackOff,
+    /// The queue reached its limit: resume when it is half empty.
+    QueueFull,
+    /// Shutting down.
+    Stopped,
+}
+
+/// The state of the primary's accepting.
+#[derive(Debug, Default)]
+pub(super) struct Accepting {
+    /// The listener ids registered in the primary's epoll.
+    watched: BTreeSet<usize>,
+    paused: Option<Pause>,
+    /// The set of listeners to watch may have changed: reconcile after this turn.
+    pub(super) dirty: bool,
+    /// Listeners of slots scaled away whose draining hit `EMFILE`: drained and closed later.
+    closing: Vec<Listener>,
+    last_warning: Option<Instant>,
+}
+
+impl Accepting {
+    /// Nothing watched yet, and everything to reconcile.
+    pub(super) fn new() -> Accepting {
+        Accepting { dirty: true, ..Accepting::default() }
+    }
+}
+
+impl Primary {
+    /// Brings the epoll registrations of the listeners in line with what the mode wants now.
+    pub(super) fn reconcile_accepting(&mut self) -> io::Result<()> {
+        if !self.accepting.dirty {
+            return Ok(());
+        }
+        self.accepting.dirty = false;
+        let Some(mode) = &self.mode else { return Ok(()) };
+        let io = self.io.as_ref().expect("the primary's descriptors exist in the primary");
+        let slots = self.slot_view();
+        for id in 0..mode.listener_count() {
+            let Some(listener) = mode.listener(id) else {
+                self.accepting.watched.remove(&id);
+                continue;
+            };
+            let want = self.accepting.paused.is_none() && mode.primary_accepts(id, &slots);
+            let have = self.accepting.watched.contains(&id);
+            if want && !have {
+                io.epoll.add(listener, Token::Listener(id).into(), Interest::READABLE)?;
+                self.accepting.watched.insert(id);
+            } else if !want && have {
+                io.epoll.delete(listener)?;
+                self.accepting.watched.remove(&id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Listener `id` is readable: accepts a burst and hands it to the dispatcher.
+    pub(super) fn accept_burst(&mut self, id: usize) -> io::Result<()> {
+        let Some(listener) = self.mode.as_ref().and_then(|m| m.listener(id)) else { return Ok(()) };
+        let mut burst: Vec<OwnedFd> = Vec::new();
+        let mut backoff = None;
+        while burst.len() < ACCEPT_BURST {
+            match accept::accept(listener) {
+                Accepted::Connection(fd) => burst.push(fd),
+                Accepted::Empty => break,
+                Accepted::Retry => continue,
+                Accepted::BackOff(e) => {
+                    backoff = Some(e);
+                    break;
+                }
+                Accepted::Failed(e) => {
+                    self.warn(format!("accept4 on listener {id}: {e}"));
+                    break;
+                }
+            }
+        }
+        self.counters.bump_primary(PrimaryCounter::Accepted, burst.len() as u64);
+        if let Some(d) = &mut self.dispatcher {
+            d.push_all(burst);
+        }
+        if let Some(e) = backoff {
+            self.back_off_accepting(&e);
+        }
+        if self.dispatcher.as_ref().is_some_and(|d| d.queued() >= self.config.handoff_queue_limit) {
+            self.pause_accepting(Pause::QueueFull);
+        }
+        Ok(())
+    }
+
+    fn back_off_accepting(&mut self, e: &io::Error) {
+        let now = Instant::now();
+        if self.accepting.last_warning.is_none_or(|t| now.duration_since(t) >= WARN_EVERY) {
+            self.accepting.last_warning = Some(now);
+            self.warn(format!("accept4: {e}; pausing accepts for {:?}", accept::BACKOFF));
+        }
+        self.pause_accepting(Pause::BackOff);
+        self.deadlines.accept = Some(now + accept::BACKOFF);
+    }
+
+    pub(super) fn pause_accepting(&mut self, why: Pause) {
+        if self.accepting.paused != Some(Pause::Stopped) {
+            self.accepting.paused = Some(why);
+        }
+        self.accepting.dirty = true;
+    }
+
+    pub(super) fn resume_accepting(&mut self, why: Pause) {
+        if self.accepting.paused == Some(why) {
+            self.accepting.paused = None;
+            self.accepting.dirty = true;
+        }
+    }
+
+    /// After each turn: a full queue that has half emptied lets accepting resume.
+    pub(super) fn resume_if_queue_drained(&mut self) {
+        if self.accepting.paused == Some(Pause::QueueFull)
+            && self.dispatcher.as_ref().is_some_and(|d| d.queued() <= self.config.handoff_queue_limit / 2)
+        {
+            self.resume_accepting(Pause::QueueFull);
+        }
+    }
+
+    /// Slot `slot` was scaled away and its last worker has exited: accept what is still
+    /// queued on its listener, hand it on, and close the listener (see `mode::reuseport`).
+    pub(super) fn close_slot_listener(&mut self, slot: usize) {
+        if let Some(listener) = self.mode.as_mut().and_then(|m| m.release_slot(slot)) {
+            self.accepting.watched.remove(&slot);
+            self.accepting.dirty = true;
+            self.drain_and_close(listener);
+        }
+    }
+
+    fn drain_and_close(&mut self, listener: Listener) {
+        let mut burst = Vec::new();
+        loop {
+            match accept::accept(&listener) {
+                Accepted::Connection(fd) => burst.push(fd),
+                Accepted::Retry => continue,
+                Accepted::Empty => break,
+                Accepted::BackOff(e) => {
+                    // Out of descriptors: keep it open (connections wait in it) and try again
+                    // after the back-off.
+                    self.back_off_accepting(&e);
+                    self.accepting.closing.push(listener);
+                    self.hand_on(burst);
+                    return;
+                }
+                Accepted::Failed(e) => {
+                    self.warn(format!("accept4 while closing a listener: {e}"));
+                    break;
+                }
+            }
+        }
+        self.hand_on(burst);
+        // `listener` closes here.
+    }
+
+    fn hand_on(&mut self, burst: Vec<OwnedFd>) {
+        self.counters.bump_primary(PrimaryCounter::Accepted, burst.len() as u64);
+        if let Some(d) = &mut self.dispatcher {
+            d.push_all(burst);
+        }
+    }
+
+    /// The accept back-off ended: resume, and finish closing what could not be drained.
+    pub(super) fn accept_backoff_ended(&mut self) {
+        self.resume_accepting(Pause::BackOff);
+        for listener in std::mem::take(&mut self.accepting.closing) {
+            self.drain_and_close(listener);
+        }
+    }
+}
