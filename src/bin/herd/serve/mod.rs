@@ -1,6 +1,6 @@
 //! `herd serve`: the demo HTTP/1.1 server on a herd cluster.
 
-mod http;
+pub(crate) mod http;
 mod server;
 
 use std::process::ExitCode;
@@ -13,10 +13,12 @@ use crate::cli;
 const HELP: &str = "\
 herd serve — run the demo HTTP/1.1 server on a primary + forked workers
 
-Every request gets `200` with the body `worker <id> pid <pid>\\n`. Keep-alive (the HTTP/1.1
-default) and `Connection: close` are both honoured. SIGINT or SIGTERM shut down gracefully
-(workers finish their open connections; a second SIGINT or SIGQUIT kills them at once); the
-per-worker counters are printed on exit.
+Every request gets `200` with the body `worker <id> pid <pid>\\n`; `GET /block/MS` gets it
+after blocking the worker for MS milliseconds (a slow handler). What cannot be parsed gets
+`400`, a head over 16 KiB or 64 lines `431`, a chunked body `501`, and the connection closes.
+Keep-alive (the HTTP/1.1 default) and `Connection: close` are both honoured. SIGINT or
+SIGTERM shut down gracefully (workers finish their open connections; a second SIGINT or
+SIGQUIT kills them at once); the per-worker counters are printed on exit.
 
 Usage: herd serve [OPTIONS]
 
@@ -39,6 +41,9 @@ Options:
   --shutdown-timeout SECS  graceful shutdown: kill workers still busy after this [default: 30]
   --defer-accept           TCP_DEFER_ACCEPT: accept a connection once its request arrived
                            (one wakeup per connection instead of two)
+  --request-timeout SECS   close a connection that has not sent a complete request this long
+                           after it opened or after its last response (408 if part of one
+                           came); 0 turns it off [default: 10]
   --stats FORMAT           how to print the counters on exit: table or json [default: table]
   --restart-limit N        give up after more than N restarts within the window [default: 10]
   --restart-window SECS    the window restarts are counted in [default: 60]
@@ -80,6 +85,7 @@ struct Args {
     heartbeat: f64,
     heartbeat_timeout: f64,
     reload_timeout: f64,
+    request_timeout: f64,
     behaviour: server::Behaviour,
     quiet: bool,
 }
@@ -102,6 +108,7 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Option<Args>, String> {
         heartbeat: 1.0,
         heartbeat_timeout: 10.0,
         reload_timeout: herd::DEFAULT_RELOAD_TIMEOUT.as_secs_f64(),
+        request_timeout: 10.0,
         behaviour: server::Behaviour::default(),
         quiet: false,
     };
@@ -121,6 +128,7 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Option<Args>, String> {
             Long("heartbeat") => args.heartbeat = seconds(&mut parser, "--heartbeat")?,
             Long("heartbeat-timeout") => args.heartbeat_timeout = seconds(&mut parser, "--heartbeat-timeout")?,
             Long("reload-timeout") => args.reload_timeout = seconds(&mut parser, "--reload-timeout")?,
+            Long("request-timeout") => args.request_timeout = seconds(&mut parser, "--request-timeout")?,
             Long("crash-after") => args.behaviour.crash_after = Some(cli::parse(&mut parser, "--crash-after")?),
             Long("retire-after") => args.behaviour.retire_after = Some(cli::parse(&mut parser, "--retire-after")?),
             Long("startup-delay") => {
@@ -206,8 +214,9 @@ pub fn main(parser: lexopt::Parser) -> ExitCode {
         std::process::id()
     );
     let (quiet, api, behaviour) = (args.quiet, args.worker_api, args.behaviour);
+    let request_timeout = (args.request_timeout > 0.0).then(|| Duration::from_secs_f64(args.request_timeout));
     let result = cluster.run(
-        move |worker| server::run(worker, api, behaviour),
+        move |worker| server::run(worker, api, behaviour, request_timeout),
         |event| {
             if !quiet {
                 eprintln!("{} herd: {event}", crate::timestamp::now());

@@ -10,10 +10,17 @@
 //!   `event-loop` to see nesting undo `EPOLLEXCLUSIVE`.
 //! - `incoming`: the blocking iterator, one connection at a time.
 //!
+//! Every way answers `GET /block/MS` after blocking the worker for MS milliseconds (a stand-in
+//! for a handler that computes or waits), refuses what it cannot parse with `400`, `431` or
+//! `501`, and closes a connection that has not sent a complete request within the request
+//! timeout (nginx's `client_header_timeout`, and the keep-alive idle timeout), with a `408` if
+//! part of a request had arrived.
+//!
 //! For demonstrations and tests, a worker can also misbehave on purpose ([`Behaviour`]): crash
 //! after N requests, retire (announce its exit, Node's "suicide") after N requests, or hold each
 //! response for a while so that requests are in flight when a signal arrives.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
@@ -62,6 +69,8 @@ pub struct Behaviour {
 struct App {
     body: Vec<u8>,
     behaviour: Behaviour,
+    /// How long a connection may take to send a complete request; `None`: for ever.
+    request_timeout: Option<Duration>,
     served: u64,
     /// `retire_after` was reached; the loop calls [`Worker::retire`] once.
     retire_due: bool,
@@ -135,6 +144,8 @@ struct Conn {
     watched: Option<bool>,
     /// With a delay: `output` is held until then.
     hold_until: Option<Instant>,
+    /// Which of the timeouts queued for this connection is current (see [`Conns::deadlines`]).
+    deadline: u64,
 }
 
 /// Connections by token (their index), with a free list.
@@ -143,6 +154,11 @@ struct Conns {
     slots: Vec<Option<Conn>>,
     free: Vec<usize>,
     open: usize,
+    /// Request timeouts, (when, token, which), in the order they fall due: every timeout is the
+    /// same length, so arming one appends it at the back. A connection that re-arms leaves its
+    /// old entry behind, recognised as stale by `which` when it comes up.
+    deadlines: VecDeque<(Instant, usize, u64)>,
+    armed: u64,
 }
 
 impl Conns {
@@ -157,6 +173,45 @@ impl Conns {
                 self.slots.push(Some(conn));
                 self.slots.len() - 1
             }
+        }
+    }
+
+    /// (Re)starts connection `token`'s request timeout.
+    fn arm(&mut self, token: usize, timeout: Option<Duration>) {
+        let Some(timeout) = timeout else { return };
+        let Some(conn) = self.slots.get_mut(token).and_then(Option::as_mut) else { return };
+        self.armed += 1;
+        conn.deadline = self.armed;
+        self.deadlines.push_back((Instant::now() + timeout, token, self.armed));
+    }
+
+    /// The next request timeout to fall due.
+    fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(&(at, token, which)) = self.deadlines.front() {
+            if self.slots.get(token).and_then(Option::as_ref).is_some_and(|c| c.deadline == which) {
+                return Some(at);
+            }
+            self.deadlines.pop_front();
+        }
+        None
+    }
+
+    /// Closes the connections whose request timeout has passed: with `408` if part of a request
+    /// had arrived, silently if none had (an idle keep-alive connection).
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(at, token, which)) = self.deadlines.front() {
+            if at > now {
+                return;
+            }
+            self.deadlines.pop_front();
+            let Some(conn) = self.slots.get_mut(token).and_then(Option::as_mut) else { continue };
+            if conn.deadline != which {
+                continue;
+            }
+            if !conn.input.is_empty() {
+                let _ = conn.stream.write(http::REQUEST_TIMEOUT);
+            }
+            self.remove(token);
         }
     }
 
@@ -180,14 +235,19 @@ enum Next {
 }
 
 /// The worker function: serve until the primary says stop and every connection is done.
-pub fn run(worker: &mut Worker, api: WorkerApi, behaviour: Behaviour) -> io::Result<()> {
+pub fn run(
+    worker: &mut Worker,
+    api: WorkerApi,
+    behaviour: Behaviour,
+    request_timeout: Option<Duration>,
+) -> io::Result<()> {
     // A slow start-up, then (for a broken generation) a crash: a bad deploy that takes a while to fail.
     std::thread::sleep(behaviour.startup_delay);
     if behaviour.crash_after == Some(0) || behaviour.broken_generation.is_some_and(|g| worker.generation() >= g) {
         std::process::abort();
     }
     let body = format!("worker {} pid {}\n", worker.id(), worker.pid()).into_bytes();
-    let mut app = App { body, behaviour, served: 0, retire_due: false, retired: false };
+    let mut app = App { body, behaviour, request_timeout, served: 0, retire_due: false, retired: false };
     match api {
         WorkerApi::EventLoop => run_event_loop(worker, &mut app),
         WorkerApi::Nested => run_nested(worker, &mut app),
@@ -195,12 +255,12 @@ pub fn run(worker: &mut Worker, api: WorkerApi, behaviour: Behaviour) -> io::Res
     }
 }
 
-/// How long to wait in `epoll_wait`: until the next held response is due, or forever.
-fn wait_time(conns: &Conns, app: &App) -> Option<Duration> {
-    if app.behaviour.delay.is_zero() {
-        return None;
-    }
-    conns.next_release().map(|t| t.saturating_duration_since(Instant::now()))
+/// How long to wait in `epoll_wait`: until the next held response or request timeout is due,
+/// or forever.
+fn wait_time(conns: &mut Conns, app: &App) -> Option<Duration> {
+    let release = if app.behaviour.delay.is_zero() { None } else { conns.next_release() };
+    let next = [release, conns.next_deadline()].into_iter().flatten().min();
+    next.map(|t| t.saturating_duration_since(Instant::now()))
 }
 
 fn run_event_loop(worker: &mut Worker, app: &mut App) -> io::Result<()> {
@@ -208,7 +268,7 @@ fn run_event_loop(worker: &mut Worker, app: &mut App) -> io::Result<()> {
     let mut ready = Vec::with_capacity(256);
     let mut stopping = false;
     loop {
-        worker.poll(&mut ready, wait_time(&conns, app))?;
+        worker.poll(&mut ready, wait_time(&mut conns, app))?;
         while let Some(event) = worker.try_event()? {
             on_event(event, &*worker, &mut conns, &mut stopping, app)?;
         }
@@ -216,6 +276,7 @@ fn run_event_loop(worker: &mut Worker, app: &mut App) -> io::Result<()> {
             on_ready(&*worker, &mut conns, r.token as usize, stopping, app)?;
         }
         release_held(&*worker, &mut conns, app)?;
+        conns.expire(Instant::now());
         app.retire_if_due(worker)?;
         if stopping && conns.open == 0 {
             return Ok(());
@@ -232,7 +293,7 @@ fn run_nested(worker: &mut Worker, app: &mut App) -> io::Result<()> {
     let mut ready = Vec::with_capacity(256);
     let mut stopping = false;
     loop {
-        epoll.wait(&mut ready, wait_time(&conns, app))?;
+        epoll.wait(&mut ready, wait_time(&mut conns, app))?;
         for r in &ready {
             if r.token == WORKER {
                 while let Some(event) = worker.try_event()? {
@@ -243,15 +304,13 @@ fn run_nested(worker: &mut Worker, app: &mut App) -> io::Result<()> {
             }
         }
         release_held(&epoll, &mut conns, app)?;
+        conns.expire(Instant::now());
         app.retire_if_due(worker)?;
         if stopping && conns.open == 0 {
             return Ok(());
         }
     }
 }
-
-/// How long the blocking server waits for a client to send its request.
-const BLOCKING_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn run_incoming(worker: &mut Worker, app: &mut App) -> io::Result<()> {
     loop {
@@ -263,7 +322,7 @@ fn run_incoming(worker: &mut Worker, app: &mut App) -> io::Result<()> {
 
 /// Serves one connection to the end, blocking.
 fn serve_blocking(mut stream: Stream, app: &mut App) -> io::Result<()> {
-    stream.set_read_timeout(Some(BLOCKING_READ_TIMEOUT))?;
+    stream.set_read_timeout(app.request_timeout)?;
     let mut input = Vec::new();
     let mut output = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -272,17 +331,27 @@ fn serve_blocking(mut stream: Stream, app: &mut App) -> io::Result<()> {
             match http::parse(&input) {
                 Ok(Some(request)) => break request,
                 Ok(None) => {}
-                Err(_) => {
-                    let _ = stream.write_all(http::BAD_REQUEST);
+                Err(invalid) => {
+                    let _ = stream.write_all(invalid.response());
                     return Ok(());
                 }
             }
             match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return Ok(()),
+                Ok(0) => return Ok(()),
                 Ok(n) => input.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    if !input.is_empty() {
+                        let _ = stream.write_all(http::REQUEST_TIMEOUT);
+                    }
+                    return Ok(());
+                }
+                Err(_) => return Ok(()),
             }
         };
         input.drain(..request.len);
+        if let Some(block) = request.block {
+            std::thread::sleep(block);
+        }
         output.clear();
         http::response(&app.body, request.keep_alive, &mut output);
         std::thread::sleep(app.behaviour.delay);
@@ -315,15 +384,14 @@ fn on_event(
                 answered: 0,
                 watched: None,
                 hold_until: None,
+                deadline: 0,
             };
             let token = conns.insert(conn);
-            let conn = conns.slots[token].as_mut().expect("just inserted");
+            conns.arm(token, app.request_timeout);
             // The request usually arrives with the connection (always, with TCP_DEFER_ACCEPT):
             // serve it now, and register the connection only if it stays open — saving a wakeup
             // and, for a `Connection: close` request, both `epoll_ctl` calls.
-            if let Next::Close = serve(registry, conn, token, app)? {
-                conns.remove(token);
-            }
+            serve_and_settle(registry, conns, token, app)?;
         }
         WorkerEvent::Message(_) => {}
         WorkerEvent::Disconnect => {
@@ -343,8 +411,18 @@ fn on_ready(
 ) -> io::Result<()> {
     let Some(conn) = conns.slots.get_mut(token).and_then(Option::as_mut) else { return Ok(()) };
     conn.draining |= stopping;
-    if let Next::Close = serve(registry, conn, token, app)? {
-        conns.remove(token);
+    serve_and_settle(registry, conns, token, app)
+}
+
+/// Serves connection `token`, then closes it or, if it answered a request, restarts its request
+/// timeout.
+fn serve_and_settle(registry: &impl Registry, conns: &mut Conns, token: usize, app: &mut App) -> io::Result<()> {
+    let Some(conn) = conns.slots.get_mut(token).and_then(Option::as_mut) else { return Ok(()) };
+    let answered = conn.answered;
+    match serve(registry, conn, token, app)? {
+        Next::Close => conns.remove(token),
+        Next::Keep if conn.answered != answered => conns.arm(token, app.request_timeout),
+        Next::Keep => {}
     }
     Ok(())
 }
@@ -359,9 +437,7 @@ fn release_held(registry: &impl Registry, conns: &mut Conns, app: &mut App) -> i
         let Some(conn) = conns.slots[token].as_mut() else { continue };
         if conn.hold_until.is_some_and(|t| t <= now) {
             conn.hold_until = None;
-            if let Next::Close = serve(registry, conn, token, app)? {
-                conns.remove(token);
-            }
+            serve_and_settle(registry, conns, token, app)?;
         }
     }
     Ok(())
@@ -410,6 +486,9 @@ fn serve(registry: &impl Registry, conn: &mut Conn, token: usize, app: &mut App)
             Ok(Some(request)) => {
                 consumed += request.len;
                 conn.unreported += 1;
+                if let Some(block) = request.block {
+                    std::thread::sleep(block);
+                }
                 let keep_alive = request.keep_alive && !peer_closed && !conn.draining;
                 if !keep_alive {
                     conn.closing = true;
@@ -420,8 +499,8 @@ fn serve(registry: &impl Registry, conn: &mut Conn, token: usize, app: &mut App)
                 }
             }
             Ok(None) => break,
-            Err(_) => {
-                conn.output.extend_from_slice(http::BAD_REQUEST);
+            Err(invalid) => {
+                conn.output.extend_from_slice(invalid.response());
                 conn.closing = true;
                 break;
             }
