@@ -43,3 +43,21 @@ fn reuseport_scale_down_loses_nothing_with_tcp_migrate_req() {
         assert_eq!(number(&report, kind), 0, "{kind} errors while scaling 4 -> 1 with tcp_migrate_req=1: {report}");
     }
 }
+
+/// Without `tcp_migrate_req` the primary serves a removed slot's listener while its worker
+/// drains, then accepts what is left on it and closes it at once.
+#[test]
+fn reuseport_scale_down_loses_nothing_without_tcp_migrate_req_either() {
+    let dir = std::env::temp_dir().join(format!("herd-netns-0-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let Some(report) =
+        in_private_netns("reuseport-scale-down.sh", &["0", env!("CARGO_BIN_EXE_herd"), dir.to_str().unwrap()])
+    else {
+        return;
+    };
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(number(&report, "requests") > 1000, "the load ran: {report}");
+    for kind in ["refused", "reset", "timeout", "bad_status", "other"] {
+        assert_eq!(number(&report, kind), 0, "{kind} errors while scaling 4 -> 1 with tcp_migrate_req=0: {report}");
+    }
+}

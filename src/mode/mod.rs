@@ -95,6 +95,13 @@ pub(crate) trait Distribution: fmt::Debug {
     /// primary to drain (accept what is still queued and hand it on) and close.
     fn release_slot(&mut self, slot: usize) -> Option<Listener>;
 
+    /// The cluster now aims for `target` slots (or a scaled-away slot's listener was just
+    /// closed): adjust how new connections are spread. Returns a warning if something the mode
+    /// would do cannot be done.
+    fn target_changed(&mut self, _target: usize) -> Option<String> {
+        None
+    }
+
     /// In the forked child that becomes the worker of `slot`: the listener it accepts on and
     /// how, if it accepts at all. Every other listener is closed when `self` is dropped.
     fn worker_accept(&mut self, slot: usize) -> Option<WorkerAccept>;

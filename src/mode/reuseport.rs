@@ -17,11 +17,21 @@
 //! other workers over their lanes, as handoff mode does. Nothing waits in a queue nobody
 //! serves. When a worker fills the slot again, the primary stops.
 //!
-//! A slot scaled away is closed once its last worker has exited: the primary first accepts
-//! whatever is still queued on it and hands that on, then closes it. With
-//! `net.ipv4.tcp_migrate_req = 1` (Linux 5.14) the kernel would move a closing listener's queue
-//! to the others anyway; without it, only a handshake that completes in the microseconds
-//! between that last `accept` and the `close` can be lost.
+//! # Scaling down without losing a handshake
+//!
+//! Closing one listener of a `SO_REUSEPORT` group resets the connections still queued on it
+//! unless `net.ipv4.tcp_migrate_req` is 1 (Linux 5.14), and while it is open the kernel keeps
+//! hashing new ones to it — so draining it first leaves a window. herd closes that window by
+//! **steering**: as soon as slots are scaled away, it attaches a three-instruction classic BPF
+//! program to the group (`SO_ATTACH_REUSEPORT_CBPF`) that sends every new connection to one of
+//! the listeners it keeps, at random. The removed slots' listeners get nothing new; the primary
+//! serves what they still hold while their workers drain, accepts what is left once they have
+//! exited, and closes them. When no slot is on its way out, the program is detached and the
+//! kernel's hash decides again. This works with `tcp_migrate_req` off — the default.
+//!
+//! The program picks by position in the group, which is the order the listeners joined it, with
+//! the last one moved into the place of one that leaves. herd mirrors that order, and scales
+//! down from the highest slot, so the listeners it keeps are always the group's first ones.
 
 use std::io;
 
@@ -34,6 +44,10 @@ use crate::listener::{BindOptions, Listener};
 #[derive(Debug)]
 pub(crate) struct Reuseport {
     listeners: Vec<Option<Listener>>,
+    /// The slots whose listeners are in the group, in the kernel's order (see the module docs).
+    group: Vec<usize>,
+    /// How many of the group's first listeners new connections are steered to; 0: not steered.
+    steered: usize,
     addr: ListenAddr,
     options: BindOptions,
 }
@@ -58,7 +72,8 @@ impl Reuseport {
             listeners.push(Some(listener));
         }
         let bound = ListenAddr::Tcp(tcp);
-        Ok((Reuseport { listeners, addr: bound.clone(), options }, bound))
+        let group = (0..slots).collect();
+        Ok((Reuseport { listeners, group, steered: 0, addr: bound.clone(), options }, bound))
     }
 }
 
@@ -88,12 +103,41 @@ impl Distribution for Reuseport {
         }
         if self.listeners[slot].is_none() {
             self.listeners[slot] = Some(Listener::bind(&self.addr, self.options)?);
+            self.group.push(slot);
         }
         Ok(())
     }
 
     fn release_slot(&mut self, slot: usize) -> Option<Listener> {
-        self.listeners.get_mut(slot).and_then(Option::take)
+        let listener = self.listeners.get_mut(slot).and_then(Option::take)?;
+        // The kernel moves the group's last listener into the place of the one that leaves.
+        if let Some(i) = self.group.iter().position(|&s| s == slot) {
+            self.group.swap_remove(i);
+        }
+        Some(listener)
+    }
+
+    fn target_changed(&mut self, target: usize) -> Option<String> {
+        let keep = self.group.iter().filter(|&&s| s < target).count();
+        let among = if keep == self.group.len() { 0 } else { keep };
+        if among == self.steered {
+            return None;
+        }
+        if self.group[..keep].iter().any(|&s| s >= target) {
+            return Some(format!(
+                "cannot steer new connections away from the slots being scaled away (group order {:?}); \
+                 connections hashed to them are served by the primary until they close",
+                self.group
+            ));
+        }
+        let any = self.group.first().and_then(|&s| self.listeners[s].as_ref())?;
+        match crate::sys::sockopt::steer_reuseport_group(any, among as u32) {
+            Ok(()) => {
+                self.steered = among;
+                None
+            }
+            Err(e) => Some(format!("steering new connections away from the slots being scaled away: {e}")),
+        }
     }
 
     fn worker_accept(&mut self, slot: usize) -> Option<WorkerAccept> {

@@ -154,6 +154,10 @@ impl Primary {
             self.accepting.watched.remove(&slot);
             self.accepting.dirty = true;
             self.drain_and_close(listener);
+            let target = self.target;
+            if let Some(warning) = self.mode.as_mut().and_then(|m| m.target_changed(target)) {
+                self.warn(warning);
+            }
         }
     }
 

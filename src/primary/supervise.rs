@@ -331,6 +331,9 @@ impl Primary {
         let old = self.target;
         self.target = workers;
         self.events.push_back(Event::Scale { workers });
+        if let Some(warning) = self.mode.as_mut().and_then(|m| m.target_changed(workers)) {
+            self.warn(warning);
+        }
         for slot in workers..old {
             self.retries.due.remove(&slot);
             let keys: Vec<u64> = self.workers.iter().filter(|(_, w)| w.id == slot).map(|(k, _)| *k).collect();
