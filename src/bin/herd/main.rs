@@ -10,6 +10,8 @@
 
 mod bench;
 mod cli;
+#[cfg(test)]
+mod fuzz_replay;
 mod load;
 mod serve;
 mod stats_json;
