@@ -3,7 +3,7 @@ CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 MODE ?= shared
 
-.PHONY: all build bench-run serve test bench lint doc clean
+.PHONY: all build bench-run serve test soak fuzz bench lint doc clean
 
 all: build
 
@@ -24,6 +24,17 @@ test:
 	$(CARGO) build --examples
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
+
+## The descriptor and memory soak: 200 000 churned connections through each mode (make test
+## runs 5 000).
+soak:
+	HERD_SOAK_CONNECTIONS=200000 $(CARGO) test --release --test soak -- --nocapture
+
+## Every fuzz target for FUZZ_SECONDS (default 60) each, on nightly with cargo-fuzz; new corpus
+## entries and any crash land in fuzz/ to be checked in (make test replays them).
+FUZZ_SECONDS ?= 60
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) ./fuzz/run.sh
 
 ## The benchmark suite: channel micro-benchmarks and the matrix with repetitions.
 bench:

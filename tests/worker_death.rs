@@ -1,5 +1,5 @@
-//! What survives a dying worker. Handoff: the primary keeps each connection until the worker
-//! acknowledges it, so a worker that dies with connections unacknowledged loses none of them.
+//! What survives a dying worker. Handoff: the primary keeps a descriptor for the worker's end of
+//! its lane, so connections a worker dies without reading are taken back and served by another.
 //! Reuseport: the primary owns the listeners, so a dead worker's queue waits for its replacement.
 
 mod util;
@@ -10,11 +10,11 @@ use rustix::process::Signal;
 use util::Serve;
 
 #[test]
-fn handoff_requeues_unacked_connections_when_worker_dies() {
+fn handoff_requeues_the_connections_a_dead_worker_never_read() {
     let serve = Serve::start(&["--workers", "4", "--listen", "127.0.0.1:0", "--mode", "handoff"], 4);
     let victim = serve.worker_pids()[&1];
-    // A stopped worker still has connections handed to it (they queue in its channel), but it
-    // cannot acknowledge them.
+    // A stopped worker still has connections handed to it (they queue in its lane), but it
+    // cannot read them.
     rustix::process::kill_process(util::pid(victim), Signal::STOP).unwrap();
     let target = serve.target.clone();
     let clients = std::thread::spawn(move || util::load_bodies(&target, 40, 20));
@@ -31,7 +31,7 @@ fn handoff_requeues_unacked_connections_when_worker_dies() {
     assert!(stopped.status.success(), "{:?}", stopped.status);
     let (_, [accepted, _, _, requeued]) = util::counters(&stopped.stdout);
     assert_eq!(accepted, 40);
-    assert!(requeued >= 1, "worker 1's unacknowledged connections were requeued:\n{}", stopped.stdout);
+    assert!(requeued >= 1, "the connections worker 1 never read were requeued:\n{}", stopped.stdout);
     util::assert_all_gone(&stopped.worker_pids, Duration::from_secs(2));
 }
 
@@ -56,5 +56,35 @@ fn reuseport_queue_survives_its_workers_restart() {
     assert!(replacement.iter().all(|b| util::pid_of(b) != victim));
     let stopped = serve.stop();
     assert!(stopped.status.success());
+    util::assert_all_gone(&stopped.worker_pids, Duration::from_secs(2));
+}
+
+/// Handoff's exactly-once promise under repeated kills: a connection a dead worker never read
+/// goes to another worker; one it read is never given to anyone else. Every response is a
+/// single response, and the counters balance: every handoff sent was either received by a
+/// worker or taken back, never both.
+#[test]
+fn handoff_serves_each_connection_once_while_workers_are_killed() {
+    let serve = Serve::start(&["--workers", "4", "--listen", "127.0.0.1:0", "--mode", "handoff"], 4);
+    let load = util::Continuous::start(&serve.target, 8);
+    for round in 0..5 {
+        std::thread::sleep(Duration::from_millis(300));
+        let slot = 1 + round % 3;
+        let victim = serve.worker_pids()[&slot];
+        rustix::process::kill_process(util::pid(victim), Signal::KILL).unwrap();
+        serve.wait_for_log(|l| l.contains(&format!("exit worker={slot} pid={victim}")), 1);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (bodies, _failures) = load.finish();
+    assert!(bodies.len() > 100, "the load ran ({} requests)", bodies.len());
+    for body in &bodies {
+        assert!(!body.contains("HTTP/1.1"), "a connection got two responses: {body:?}");
+    }
+    let stopped = serve.stop();
+    assert!(stopped.status.success());
+    let (rows, [accepted, dispatched, _queued, requeued]) = util::counters(&stopped.stdout);
+    let received: u64 = rows.values().map(|r| r.handoffs).sum();
+    assert_eq!(dispatched - requeued, received, "every handoff was received or taken back, once:\n{}", stopped.stdout);
+    assert!(received <= accepted, "no connection was received twice:\n{}", stopped.stdout);
     util::assert_all_gone(&stopped.worker_pids, Duration::from_secs(2));
 }

@@ -35,6 +35,8 @@ struct Shared {
     finished: AtomicBool,
     /// Why the thread ended, when it was not asked to.
     failure: Mutex<Option<io::Error>>,
+    /// A warning for the worker to pass on (the thread backing off, out of descriptors).
+    warning: Mutex<Option<String>>,
 }
 
 /// The accepting thread and its queue.
@@ -74,6 +76,11 @@ impl BlockingAcceptor {
         self.shared.stop.store(true, Ordering::Release);
     }
 
+    /// What the thread would have the primary know, once.
+    pub(crate) fn take_warning(&self) -> Option<String> {
+        self.shared.warning.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
     /// Why the thread ended on its own (an `accept4` error the table calls fatal), once.
     pub(crate) fn take_failure(&self) -> Option<io::Error> {
         self.shared.failure.lock().unwrap_or_else(|e| e.into_inner()).take()
@@ -92,6 +99,8 @@ impl BlockingAcceptor {
 }
 
 fn accept_until_stopped(listener: &Listener, shared: &Shared, wake: &EventFd, counters: &Counters, slot: usize) {
+    // Say so once per run of back-offs, not every time.
+    let mut backing_off = false;
     while !shared.stop.load(Ordering::Acquire) {
         let result = crate::sys::listen::accept(listener, true);
         let outcome = match result {
@@ -100,6 +109,7 @@ fn accept_until_stopped(listener: &Listener, shared: &Shared, wake: &EventFd, co
         };
         match outcome {
             Accepted::Connection(fd) => {
+                backing_off = false;
                 counters.bump_worker(slot, WorkerCounter::Wakeups, 1);
                 counters.bump_worker(slot, WorkerCounter::Accepts, 1);
                 shared.queue.lock().unwrap_or_else(|e| e.into_inner()).push_back(fd);
@@ -107,7 +117,14 @@ fn accept_until_stopped(listener: &Listener, shared: &Shared, wake: &EventFd, co
             }
             // SO_RCVTIMEO expired: look at the stop flag and park again.
             Accepted::Empty | Accepted::Retry => {}
-            Accepted::BackOff(_) => std::thread::sleep(super::BACKOFF),
+            Accepted::BackOff(e) => {
+                if !std::mem::replace(&mut backing_off, true) {
+                    *shared.warning.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(format!("accept4: {e}; pausing accepts for {:?} at a time", super::BACKOFF));
+                    wake.notify();
+                }
+                std::thread::sleep(super::BACKOFF)
+            }
             Accepted::Failed(e) => {
                 *shared.failure.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(crate::sys::context(e, format!("worker {slot}: the accept thread stopped: accept4")));

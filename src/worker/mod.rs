@@ -448,6 +448,9 @@ impl Worker {
             let stream = Stream::new(fd, self.kind, self.counters.clone(), self.id);
             self.events.push_back(WorkerEvent::Connection(stream));
         }
+        if let Some(warning) = acceptor.take_warning() {
+            self.warnings.queue.push(warning);
+        }
         if let Some(e) = acceptor.take_failure() {
             return Err(e);
         }
@@ -486,8 +489,10 @@ impl Worker {
                 self.epoll.delete(lane)?;
                 let resume_at = Instant::now() + self.lane_backoff;
                 self.lane_state = LaneState::Pressured { reclaimed: false, resume_at };
+                // Installing a received descriptor fails only on this process's own limit.
                 self.warnings.queue.push(format!(
-                    "out of descriptors for handed-off connections; handing the lane back to the primary for {:?}",
+                    "recvmsg(SCM_RIGHTS) on the lane: {}; handing the lane back to the primary for {:?}",
+                    io::Error::from_raw_os_error(libc::EMFILE),
                     self.lane_backoff
                 ));
                 self.lane_backoff = (self.lane_backoff * 2).min(MAX_LANE_BACKOFF);
