@@ -235,7 +235,7 @@ impl Placement {
     }
 }
 
-/// The worker end on its own thread, which acks every frame until `Disconnect`.
+/// The worker end on its own thread, which acks every frame until `Stop`.
 fn round_trip_two_threads(scale: Scale, payload: Payload, placement: Placement) -> Result<Summary, String> {
     let cpus = placement.cpus()?;
     let (mut primary, worker) = Channel::pair().expect("Channel::pair");
@@ -332,7 +332,7 @@ impl Stream {
 }
 
 /// Streams frames from a sender thread to a receiver thread for `duration`; returns frames
-/// received per second (the sender ends with `Disconnect`, which is not counted).
+/// received per second (the sender ends with `Stop`, which is not counted).
 fn messages_per_second(stream: Stream, duration: Duration, cpus: Option<(usize, usize)>) -> f64 {
     let (primary, worker) = Channel::pair().expect("Channel::pair");
     let attachment = Attachment::new(Payload::Tcp);
@@ -362,9 +362,9 @@ fn messages_per_second(stream: Stream, duration: Duration, cpus: Option<(usize, 
     received as f64 / (end - start).as_secs_f64()
 }
 
-/// Sends until `duration` is up, then `Disconnect`; returns the count, the start time and the
+/// Sends until `duration` is up, then `Stop`; returns the count, the start time and the
 /// channel, which must stay open until the receiver is done: closing a `SOCK_SEQPACKET` end with frames (acks) still
-/// unread in it makes the peer's next `recvmsg` fail with `ECONNRESET`, even with `Disconnect`
+/// unread in it makes the peer's next `recvmsg` fail with `ECONNRESET`, even with `Stop`
 /// still queued for it.
 fn send_stream(
     mut primary: Channel,

@@ -8,9 +8,11 @@
 //! Prints one `ok:` line per check and exits 0 when all of them held.
 
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use herd::{Cluster, Event, ExitStatus, Mode, WorkerEvent};
+use herd::{Cluster, Event, Mode, WorkerEvent, WorkerExit};
 
 fn main() -> io::Result<()> {
     let cluster = Cluster::builder("127.0.0.1:0".parse().unwrap())
@@ -19,8 +21,11 @@ fn main() -> io::Result<()> {
         .shutdown_timeout(Duration::from_secs(5))
         .bind()?;
     let mut primary = cluster.start(|worker| {
+        // The worker reopens its logs on SIGUSR1, say: it handles the signal.
+        let reopen = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(libc::SIGUSR1, reopen)?;
         loop {
-            if let WorkerEvent::Disconnect = worker.next_event()? {
+            if let WorkerEvent::Stop = worker.next_event()? {
                 return Ok(());
             }
         }
@@ -44,18 +49,26 @@ fn main() -> io::Result<()> {
     check(primary.is_connected(first) && !primary.is_dead(first), "worker 0 is connected and alive")?;
     primary.disconnect(first)?;
     let (status, asked) = exit_of(&mut primary, first)?;
-    check(status == ExitStatus::Code(0) && asked, "disconnect: worker 0 exited 0, exited_after_disconnect")?;
+    check(status == WorkerExit::Code(0) && asked, "disconnect: worker 0 exited 0, expected")?;
     check(primary.is_dead(first) && !primary.is_connected(first), "worker 0 is dead")?;
     check(primary.workers().len() == 2, "a disconnected worker is not replaced")?;
 
-    // kill: the worker dies of the signal, asked for, and is not replaced.
+    // kill with a signal the worker handles (SIGUSR1, to reopen its logs, say) or whose default
+    // is to be ignored (SIGWINCH): delivered, and the worker goes on serving.
     let second = workers[1].pid;
+    primary.kill(second, libc::SIGUSR1)?;
+    primary.kill(second, libc::SIGWINCH)?;
+    while primary.next_event_timeout(Some(Duration::from_millis(200)))?.is_some() {}
+    let still = primary.workers().into_iter().find(|w| w.pid == second);
+    check(
+        still.is_some_and(|w| !w.exiting) && !primary.is_dead(second),
+        "kill(SIGUSR1) and kill(SIGWINCH): worker 1 goes on serving",
+    )?;
+
+    // kill: the worker dies of the signal, asked for, and is not replaced.
     primary.kill(second, libc::SIGTERM)?;
     let (status, asked) = exit_of(&mut primary, second)?;
-    check(
-        status == ExitStatus::Signal(libc::SIGTERM) && asked,
-        "kill(SIGTERM): worker 1 died of SIGTERM, exited_after_disconnect",
-    )?;
+    check(status == WorkerExit::Signal(libc::SIGTERM) && asked, "kill(SIGTERM): worker 1 died of SIGTERM, expected")?;
     check(primary.workers().len() == 1, "a killed worker is not replaced")?;
 
     check(primary.kill(999_999_999, libc::SIGTERM).is_err(), "an unknown pid is an error")?;
@@ -67,11 +80,11 @@ fn main() -> io::Result<()> {
 }
 
 /// Turns the loop until worker `pid` exits: its status and whether it was asked to.
-fn exit_of(primary: &mut herd::Primary, pid: u32) -> io::Result<(ExitStatus, bool)> {
+fn exit_of(primary: &mut herd::Primary, pid: u32) -> io::Result<(WorkerExit, bool)> {
     loop {
         match primary.next_event()? {
-            Some(Event::Exit { pid: p, status, exited_after_disconnect, .. }) if p == pid => {
-                return Ok((status, exited_after_disconnect));
+            Some(Event::Exit { pid: p, status, expected, .. }) if p == pid => {
+                return Ok((status, expected));
             }
             Some(_) => {}
             None => return Err(io::Error::other("the cluster ended first")),

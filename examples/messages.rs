@@ -1,15 +1,19 @@
 //! Messages both ways between the primary and its workers, as in Node's `cluster`:
-//! `worker.send`, `primary.send(pid, ..)` and a broadcast, and the size limit on both sides.
+//! `worker.send`, `primary.send(pid, ..)` and a broadcast, the size limit on both sides, and
+//! descriptors sent with a message both ways (Node's `send(message, handle)`).
 //!
 //! ```sh
 //! cargo run --example messages
 //! ```
 //!
-//! Each worker answers `ping` with `pong <id>` and reports, when asked with `oversize`, that
-//! it cannot send a message over the limit. The primary prints one `ok:` line per check and
-//! exits 0 when all of them held.
+//! Each worker answers `ping` with `pong <id>`, reports when asked with `oversize` that it
+//! cannot send a message over the limit, writes into a socket the primary sends it with
+//! `write`, and sends back one end of a socket pair of its own with `give`. The primary prints
+//! one `ok:` line per check and exits 0 when all of them held.
 
-use std::io;
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use herd::channel::MAX_MESSAGE;
@@ -26,14 +30,26 @@ fn main() -> io::Result<()> {
     let mut primary = cluster.start(|worker| {
         loop {
             match worker.next_event()? {
-                WorkerEvent::Message(m) if m == b"ping" => worker.send(format!("pong {}", worker.id()).as_bytes())?,
-                WorkerEvent::Message(m) if m == b"oversize" => {
+                WorkerEvent::Message { data, .. } if data == b"ping" => {
+                    worker.send(format!("pong {}", worker.id()).as_bytes())?
+                }
+                WorkerEvent::Message { data, .. } if data == b"oversize" => {
                     let err = worker.send(&vec![0; MAX_MESSAGE + 1]).expect_err("an over-size message is refused");
                     worker.send(format!("refused {err}").as_bytes())?;
                 }
-                WorkerEvent::Message(other) => worker.send(&other)?,
-                WorkerEvent::Connection(_) => {}
-                WorkerEvent::Disconnect => return Ok(()),
+                WorkerEvent::Message { data, mut fds } if data == b"write" && fds.len() == 1 => {
+                    let mut socket = UnixStream::from(fds.remove(0));
+                    write!(socket, "written by worker {}", worker.id())?;
+                }
+                WorkerEvent::Message { data, .. } if data == b"give" => {
+                    let (mine, theirs) = UnixStream::pair()?;
+                    worker.send_with_fds(b"given", &[theirs.as_fd()])?;
+                    drop(theirs);
+                    (&mine).write_all(b"through the worker's socket")?;
+                }
+                WorkerEvent::Message { data, .. } => worker.send(&data)?,
+                WorkerEvent::Stop => return Ok(()),
+                _ => {}
             }
         }
     })?;
@@ -71,6 +87,27 @@ fn main() -> io::Result<()> {
     primary.send(listening[1].1, b"oversize")?;
     let refusal = next_message(&mut primary)?.1;
     check(String::from_utf8_lossy(&refusal).contains("exceeds"), "worker refuses an over-size message")?;
+
+    // A descriptor from the primary to a worker: the worker writes into it.
+    let (mut ours, theirs) = UnixStream::pair()?;
+    primary.send_with_fds(pid, b"write", &[theirs.as_fd()])?;
+    drop(theirs);
+    let mut written = String::new();
+    ours.read_to_string(&mut written)?;
+    check(written == format!("written by worker {id}"), "a socket sent to a worker reached it")?;
+
+    // And from a worker to the primary.
+    primary.send(pid, b"give")?;
+    let given = loop {
+        match primary.next_event()? {
+            Some(Event::Message { data, mut fds, .. }) if data == b"given" && fds.len() == 1 => break fds.remove(0),
+            Some(_) => {}
+            None => return Err(io::Error::other("the cluster ended before the worker's socket arrived")),
+        }
+    };
+    let mut text = String::new();
+    UnixStream::from(given).read_to_string(&mut text)?;
+    check(text == "through the worker's socket", "a socket sent by a worker reached the primary")?;
 
     primary.shutdown(true)?;
     while primary.next_event()?.is_some() {}

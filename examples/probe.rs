@@ -117,7 +117,7 @@ fn stalled_channel() -> io::Result<()> {
             std::thread::sleep(Duration::from_secs(60));
         }
         loop {
-            if let WorkerEvent::Disconnect = worker.next_event()? {
+            if let WorkerEvent::Stop = worker.next_event()? {
                 return Ok(());
             }
         }
@@ -158,15 +158,15 @@ fn handoff_into_std() -> io::Result<()> {
                         std::thread::sleep(Duration::from_secs(1));
                         continue;
                     }
-                    let herd::StdStream::Tcp(mut tcp) = stream.into_std() else { continue };
+                    let Ok(mut tcp) = stream.into_tcp() else { continue };
                     tcp.set_nonblocking(false)?;
                     let mut byte = [0u8; 1];
                     if tcp.read_exact(&mut byte).is_ok() {
                         let _ = tcp.write_all(b"bye");
                     }
                 }
-                WorkerEvent::Message(_) => {}
-                WorkerEvent::Disconnect => return Ok(()),
+                WorkerEvent::Stop => return Ok(()),
+                _ => {}
             }
         }
     })?;
@@ -181,7 +181,7 @@ fn buffered_output() -> io::Result<()> {
     let cluster = Cluster::builder("127.0.0.1:0".parse().unwrap()).workers(3).bind()?;
     let mut primary = cluster.start(|worker| {
         loop {
-            if let WorkerEvent::Disconnect = worker.next_event()? {
+            if let WorkerEvent::Stop = worker.next_event()? {
                 return Ok(());
             }
         }
@@ -200,7 +200,7 @@ fn worker_child_signals() -> io::Result<()> {
         let own: Vec<&str> = own.lines().filter(|l| l.starts_with("Sig")).collect();
         worker.send(format!("worker {}", own.join(" ")).as_bytes())?;
         loop {
-            if let WorkerEvent::Disconnect = worker.next_event()? {
+            if let WorkerEvent::Stop = worker.next_event()? {
                 return Ok(());
             }
         }
@@ -223,8 +223,8 @@ fn thread_during_restart() -> io::Result<()> {
     let mut primary = cluster.start(|worker| {
         loop {
             match worker.next_event()? {
-                WorkerEvent::Message(m) if m == b"crash" => std::process::abort(),
-                WorkerEvent::Disconnect => return Ok(()),
+                WorkerEvent::Message { data, .. } if data == b"crash" => std::process::abort(),
+                WorkerEvent::Stop => return Ok(()),
                 _ => {}
             }
         }

@@ -2,14 +2,39 @@
 //! primary itself decides (reloads, scaling, giving up).
 
 use std::fmt;
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use crate::sys::process::ExitStatus;
 
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WorkerExit {
+    /// It called `exit(code)` (or returned from its function: 0 for `Ok`, 1 for `Err`, 101 for
+    /// a panic).
+    Code(i32),
+    /// A signal killed it.
+    Signal(i32),
+    /// Someone else reaped it before the primary could (`ECHILD`): it ended, how is unknown.
+    Unknown,
+}
+
+impl From<ExitStatus> for WorkerExit {
+    fn from(s: ExitStatus) -> WorkerExit {
+        match s {
+            ExitStatus::Code(c) => WorkerExit::Code(c),
+            ExitStatus::Signal(s) => WorkerExit::Signal(s),
+            ExitStatus::Unknown => WorkerExit::Unknown,
+        }
+    }
+}
+
 /// A lifecycle event, from [`crate::Primary::next_event`].
 ///
 /// `id` is the worker's slot (0 to N-1, kept by replacements); `pid` tells generations apart.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Not `Clone`: a message's descriptors belong to whoever takes the event.
+#[derive(Debug)]
 #[non_exhaustive]
 pub enum Event {
     /// A worker process was forked.
@@ -33,7 +58,8 @@ pub enum Event {
         /// Its pid.
         pid: u32,
     },
-    /// The worker sent a message.
+    /// The worker sent a message ([`crate::Worker::send`]), with descriptors if it attached any
+    /// ([`crate::Worker::send_with_fds`]: Node's `process.send(message, handle)`).
     Message {
         /// The worker's slot.
         id: usize,
@@ -41,8 +67,10 @@ pub enum Event {
         pid: u32,
         /// The bytes it sent.
         data: Vec<u8>,
+        /// The descriptors it sent: the primary's own copies, close-on-exec.
+        fds: Vec<OwnedFd>,
     },
-    /// The worker's channel closed: it exited, or closed its end.
+    /// The worker's channel closed (Node's `'disconnect'`): it exited, or closed its end.
     Disconnect {
         /// The worker's slot.
         id: usize,
@@ -56,11 +84,12 @@ pub enum Event {
         /// Its pid.
         pid: u32,
         /// Its exit code or the signal that killed it.
-        status: ExitStatus,
-        /// Whether the primary had asked it to go, or it announced it would (Node's
-        /// `exitedAfterDisconnect`). An exit that was not asked for is a crash, and the slot is
-        /// refilled.
-        exited_after_disconnect: bool,
+        status: WorkerExit,
+        /// Whether its exit was expected: the program disconnected or killed it, the primary
+        /// stopped it (shutdown, reload, scale-down), or it announced it would go (Node's
+        /// `exitedAfterDisconnect`). An exit nobody expected is a crash: it counts toward the
+        /// restart limit, and the slot is refilled.
+        expected: bool,
     },
     /// The worker announced it is about to exit on its own; its replacement is being forked.
     Retiring {
@@ -145,12 +174,12 @@ pub enum ReloadPhase {
     },
 }
 
-impl fmt::Display for ExitStatus {
+impl fmt::Display for WorkerExit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ExitStatus::Code(c) => write!(f, "code {c}"),
-            ExitStatus::Signal(s) => write!(f, "signal {s}"),
-            ExitStatus::Unknown => write!(f, "status unknown (reaped elsewhere)"),
+            WorkerExit::Code(c) => write!(f, "code {c}"),
+            WorkerExit::Signal(s) => write!(f, "signal {s}"),
+            WorkerExit::Unknown => write!(f, "status unknown (reaped elsewhere)"),
         }
     }
 }
@@ -162,10 +191,15 @@ impl fmt::Display for Event {
             Event::Fork { id, pid } => write!(f, "fork worker={id} pid={pid}"),
             Event::Online { id, pid } => write!(f, "online worker={id} pid={pid}"),
             Event::Listening { id, pid } => write!(f, "listening worker={id} pid={pid}"),
-            Event::Message { id, pid, data } => write!(f, "message worker={id} pid={pid} bytes={}", data.len()),
+            Event::Message { id, pid, data, fds } if fds.is_empty() => {
+                write!(f, "message worker={id} pid={pid} bytes={}", data.len())
+            }
+            Event::Message { id, pid, data, fds } => {
+                write!(f, "message worker={id} pid={pid} bytes={} fds={}", data.len(), fds.len())
+            }
             Event::Disconnect { id, pid } => write!(f, "disconnect worker={id} pid={pid}"),
-            Event::Exit { id, pid, status, exited_after_disconnect } => {
-                write!(f, "exit worker={id} pid={pid} {status} exited_after_disconnect={exited_after_disconnect}")
+            Event::Exit { id, pid, status, expected } => {
+                write!(f, "exit worker={id} pid={pid} {status} expected={expected}")
             }
             Event::Retiring { id, pid } => write!(f, "retiring worker={id} pid={pid}"),
             Event::Unresponsive { id, pid, silent_for } => {

@@ -64,7 +64,7 @@
 #[cfg(not(target_os = "linux"))]
 compile_error!("herd is Linux-only: it is built on epoll, signalfd, SO_REUSEPORT, EPOLLEXCLUSIVE and PR_SET_PDEATHSIG");
 
-pub mod accept;
+mod accept;
 mod addr;
 pub mod channel;
 mod cluster;
@@ -75,7 +75,7 @@ pub mod mode;
 mod primary;
 pub mod stats;
 mod stream;
-pub mod sys;
+mod sys;
 mod worker;
 
 pub use addr::{AddrParseError, ListenAddr};
@@ -84,14 +84,13 @@ pub use config::{
     Config, DEFAULT_BACKLOG, DEFAULT_RELOAD_TIMEOUT, DEFAULT_RESTART_LIMIT, DEFAULT_RESTART_WINDOW,
     DEFAULT_SHUTDOWN_TIMEOUT, Heartbeat, MAX_WORKERS,
 };
-pub use event::{Event, ReloadPhase};
+pub use event::{Event, ReloadPhase, WorkerExit};
 pub use listener::StreamKind;
 pub use mode::{Mode, SharedAccept};
 pub use primary::{Primary, WorkerInfo};
-pub use stream::{StdStream, Stream};
+pub use stream::Stream;
 pub use sys::epoll::{Interest, Ready};
-pub use sys::process::ExitStatus;
-pub use worker::{Incoming, RESERVED_TOKENS, Worker, WorkerEvent};
+pub use worker::{Incoming, RESERVED_TOKENS, Worker, WorkerEvent, WorkerListener};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

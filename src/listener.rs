@@ -51,6 +51,11 @@ impl Listener {
         }
     }
 
+    /// The socket itself.
+    pub(crate) fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     /// The TCP address actually bound (with the port the kernel chose for port 0).
     pub(crate) fn tcp_addr(&self) -> io::Result<std::net::SocketAddr> {
         listen::local_tcp_addr(&self.fd)

@@ -1,4 +1,4 @@
-//! Integration tests for `herd::channel` (and the `herd::sys::fdpass` layer under it).
+//! Integration tests for `herd::channel`, the primary ↔ worker framing with descriptors.
 //!
 //! Everything runs in-process, on the test threads, over socket pairs: no fork. Most tests count
 //! the process's open descriptors (`/proc/self/fd`) before and after, and the test harness runs
@@ -13,7 +13,6 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use herd::channel::{Channel, ChannelError, MAX_FDS, MAX_FRAME, MAX_MESSAGE, Message, Received};
-use herd::sys::fdpass;
 use rustix::fs::MemfdFlags;
 use rustix::io::FdFlags;
 use rustix::net::{AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType};
@@ -258,38 +257,32 @@ fn handoff_socket_round_trips_as_the_same_socket_and_cloexec() {
 }
 
 #[test]
-fn several_fds_round_trip_through_fdpass_as_the_same_files_and_cloexec() {
+fn a_user_message_with_several_fds_round_trips_as_the_same_files_and_cloexec() {
     let _guard = serial();
-    assert_no_fd_leak("3 fds through fdpass", || {
-        let (a, b) = fdpass::seqpacket_pair().unwrap();
+    assert_no_fd_leak("3 fds with a user message", || {
+        let (a, mut b) = Channel::pair().unwrap();
         let files = memfds(3);
-        let sent = fdpass::send_with_fds(a.as_fd(), &[b"three", b" files"], &borrow_all(&files), false).unwrap();
-        assert_eq!(sent, 11);
-        let mut buf = [0u8; 64];
-        let r = fdpass::recv_with_fds(b.as_fd(), &mut buf, Default::default()).unwrap();
-        assert_eq!(&buf[..r.len], b"three files");
-        assert!(!r.truncated);
-        assert!(!r.control_truncated);
-        assert_eq!(r.fds.len(), 3);
-        for (sent, received) in files.iter().zip(&r.fds) {
+        a.send(&Message::User(b"three files".to_vec()), &borrow_all(&files)).unwrap();
+        let Received { message, fds } = b.recv().unwrap();
+        assert_eq!(message, Message::User(b"three files".to_vec()));
+        assert_eq!(fds.len(), 3);
+        for (sent, received) in files.iter().zip(&fds) {
             assert_same_file_and_cloexec(sent, received);
         }
         // Three distinct files, in order.
-        let ids: Vec<_> = r.fds.iter().map(identity).collect();
+        let ids: Vec<_> = fds.iter().map(identity).collect();
         assert!(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2]);
     });
 }
 
 #[test]
-fn max_fds_round_trip_through_fdpass() {
+fn max_fds_round_trip() {
     let _guard = serial();
-    assert_no_fd_leak("MAX_FDS fds through fdpass", || {
-        let (a, b) = fdpass::seqpacket_pair().unwrap();
+    assert_no_fd_leak("MAX_FDS fds", || {
+        let (a, mut b) = Channel::pair().unwrap();
         let files = memfds(MAX_FDS);
-        fdpass::send_with_fds(a.as_fd(), &[b"x"], &borrow_all(&files), false).unwrap();
-        let mut buf = [0u8; 8];
-        let r = fdpass::recv_with_fds(b.as_fd(), &mut buf, Default::default()).unwrap();
-        assert!(!r.control_truncated);
+        a.send(&Message::Handoff { seq: 0 }, &borrow_all(&files)).unwrap();
+        let r = b.recv().unwrap();
         assert_eq!(r.fds.len(), MAX_FDS);
         for (sent, received) in files.iter().zip(&r.fds) {
             assert_same_file_and_cloexec(sent, received);
@@ -355,15 +348,6 @@ fn any_frame_with_more_than_max_fds_is_an_error_and_leaks_no_fd() {
 fn max_fds_plus_one_is_control_truncated() {
     let _guard = serial();
     let n = MAX_FDS + 1;
-    assert_no_fd_leak("fdpass, MAX_FDS + 1", || {
-        let (a, b) = fdpass::seqpacket_pair().unwrap();
-        let files = memfds(n);
-        fdpass::send_with_fds(a.as_fd(), &[b"x"], &borrow_all(&files), false).unwrap();
-        let mut buf = [0u8; 8];
-        let r = fdpass::recv_with_fds(b.as_fd(), &mut buf, Default::default()).unwrap();
-        assert!(r.fds.len() <= MAX_FDS, "received {} fds, more than MAX_FDS = {MAX_FDS}", r.fds.len());
-        assert!(r.control_truncated, "MSG_CTRUNC not set for {n} fds");
-    });
     let err = recv_bad_frame("MSG_CTRUNC", &good_frame(1, n as u16, &9u64.to_le_bytes()), n);
     assert!(matches!(err, ChannelError::ControlTruncated { kind: Some(1) }), "{err:?}");
 }

@@ -47,8 +47,10 @@ fn reload_in_every_mode_fails_no_request_and_replaces_every_worker() {
         assert!(stopped.status.success(), "{mode:?}: {:?}", stopped.status);
         for old in before.values() {
             assert!(
-                stopped.log.iter().any(|l| l.contains("exit worker=")
-                    && l.contains(&format!("pid={old} code 0 exited_after_disconnect=true"))),
+                stopped
+                    .log
+                    .iter()
+                    .any(|l| l.contains("exit worker=") && l.contains(&format!("pid={old} code 0 expected=true"))),
                 "{mode:?}: old worker {old} drained and exited cleanly"
             );
         }
@@ -217,7 +219,7 @@ fn a_retiring_worker_is_replaced_before_it_exits() {
         log.iter().position(|l| l.contains(&format!("pid={pid} code 0"))).expect("the retiring worker exited cleanly");
     let replacement = log[retiring..].iter().position(|l| l.contains("herd: fork ")).map(|i| i + retiring).unwrap();
     assert!(replacement < exit, "the replacement was forked before the retiring worker exited:\n{}", log.join("\n"));
-    assert!(log[exit].contains("exited_after_disconnect=true"));
+    assert!(log[exit].contains("expected=true"));
     assert!(serve.stop().status.success());
 }
 

@@ -84,16 +84,23 @@ impl Primary {
         Ok(keys.into_iter().filter(|&k| self.send_control(k, Message::User(bytes.to_vec()), &[])).count())
     }
 
-    /// Sends `signal` to the worker `pid` (Node's `worker.kill`); its exit then counts as asked
-    /// for, and its slot stays empty.
+    /// Sends `signal` to the worker `pid` (Node's `worker.kill`).
+    ///
+    /// A signal that ends the worker — `SIGKILL`, or one it neither catches nor ignores whose
+    /// default action is to terminate — makes its exit expected, and its slot stays empty.
+    /// Any other (`SIGUSR1` to a worker that reopens its logs on it, say) is just delivered:
+    /// the worker goes on serving, and if it does exit of it, that exit is a crash.
     pub fn kill(&mut self, pid: u32, signal: i32) -> io::Result<()> {
         let key = self.key_of(pid)?;
-        self.set_serving(key, false);
-        let w = self.workers.get_mut(&key).expect("key just found");
-        w.asked_to_exit = true;
-        let slot = w.id;
-        w.child.signal(signal)?;
-        self.leave_slot_empty(slot);
+        let ends = crate::sys::process::signal_ends(pid, signal);
+        self.workers[&key].child.signal(signal)?;
+        if ends {
+            self.set_serving(key, false);
+            let w = self.workers.get_mut(&key).expect("key just found");
+            w.asked_to_exit = true;
+            let slot = w.id;
+            self.leave_slot_empty(slot);
+        }
         Ok(())
     }
 

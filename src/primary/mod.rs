@@ -621,7 +621,7 @@ impl Primary {
             match received.message {
                 Message::Online => self.events.push_back(Event::Online { id, pid }),
                 Message::Listening => self.on_listening(key),
-                Message::User(data) => self.events.push_back(Event::Message { id, pid, data }),
+                Message::User(data) => self.events.push_back(Event::Message { id, pid, data, fds: received.fds }),
                 Message::Pong => {}
                 Message::Retiring => self.on_retiring(key),
                 Message::Pressure => self.on_pressure(key),
@@ -678,6 +678,7 @@ impl Primary {
                 crate::sys::process::ExitStatus::Unknown
             }
         };
+        let exit = crate::event::WorkerExit::from(status);
         // Its last messages first (a retiring notice, a warning), then its lane.
         self.on_control(key, false);
         self.on_control_closed(key);
@@ -687,8 +688,8 @@ impl Primary {
         let w = self.workers.remove(&key).expect("reaped worker is known");
         self.accepting.dirty = true;
         let expected = w.asked_to_exit || self.shutting_down;
-        self.events.push_back(Event::Exit { id: w.id, pid: w.pid(), status, exited_after_disconnect: expected });
-        self.after_exit(key, &w, status, expected);
+        self.events.push_back(Event::Exit { id: w.id, pid: w.pid(), status: exit, expected });
+        self.after_exit(key, &w, exit, expected);
     }
 }
 

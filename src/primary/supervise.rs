@@ -39,7 +39,7 @@ use crate::Event;
 use crate::channel::Message;
 use crate::config::MAX_WORKERS;
 use crate::event::ReloadPhase;
-use crate::sys::process::ExitStatus;
+use crate::event::WorkerExit;
 
 /// Restart times within the window.
 #[derive(Debug)]
@@ -157,7 +157,7 @@ impl Primary {
     }
 
     /// Called for every reaped worker, after its `Exit` event.
-    pub(super) fn after_exit(&mut self, key: u64, w: &WorkerHandle, status: ExitStatus, expected: bool) {
+    pub(super) fn after_exit(&mut self, key: u64, w: &WorkerHandle, status: WorkerExit, expected: bool) {
         if !expected && !self.gave_up && !self.restarts.allow(Instant::now()) {
             self.gave_up = true;
             self.events.push_back(Event::GaveUp { restarts: self.restarts.times.len(), within: self.restarts.window });

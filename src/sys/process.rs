@@ -230,6 +230,37 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Whether `signal` sent to `pid` ends that process: it is `SIGKILL`, or the process neither
+/// catches nor ignores it (`SigCgt`, `SigIgn` in `/proc/PID/status`) and its default action is to
+/// terminate (every signal's but `SIGCHLD`, `SIGCONT`, `SIGURG`, `SIGWINCH` — ignored — and the
+/// stop signals). Where `/proc` cannot be read, it is assumed to.
+pub fn signal_ends(pid: u32, signal: i32) -> bool {
+    if signal == libc::SIGKILL {
+        return true;
+    }
+    let by_default = !matches!(
+        signal,
+        libc::SIGCHLD
+            | libc::SIGCONT
+            | libc::SIGURG
+            | libc::SIGWINCH
+            | libc::SIGSTOP
+            | libc::SIGTSTP
+            | libc::SIGTTIN
+            | libc::SIGTTOU
+    );
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return by_default };
+    let mask = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    let bit = 1u64.checked_shl(signal as u32 - 1).unwrap_or(0);
+    by_default && (mask("SigCgt:") | mask("SigIgn:")) & bit == 0
+}
+
 /// How a child ended, decoded from a wait status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

@@ -34,17 +34,6 @@ pub fn set_defer_accept(fd: impl AsFd, seconds: i32) -> io::Result<()> {
         .map_err(|e| super::context(e, "setsockopt(TCP_DEFER_ACCEPT)"))
 }
 
-/// Sets `IP_BIND_ADDRESS_NO_PORT` (see [`ip(7)`]): a later `bind(addr:0)` picks the source
-/// address only, and leaves the port to `connect`, which knows the whole 4-tuple and can share a
-/// port across destinations — so a client that binds many source addresses does not run out of
-/// ports sooner than one that binds none.
-///
-/// [`ip(7)`]: https://man7.org/linux/man-pages/man7/ip.7.html
-pub fn set_bind_address_no_port(fd: impl AsFd) -> io::Result<()> {
-    set_int(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)
-        .map_err(|e| super::context(e, "setsockopt(IP_BIND_ADDRESS_NO_PORT)"))
-}
-
 /// `SO_ATTACH_REUSEPORT_CBPF` and `SO_DETACH_REUSEPORT_BPF`, from
 /// `include/uapi/asm-generic/socket.h` (libc exports them for Android only). The numbers are the
 /// generic ones, which these architectures use; others (alpha, mips, parisc, sparc) number

@@ -19,24 +19,34 @@
 //!
 //! Streams are non-blocking (`accept4(SOCK_NONBLOCK)`) except from [`Worker::incoming`].
 //!
-//! Source by source: `lane.rs` reads handed-off connections and acknowledges them.
+//! A program with its own runtime can also take the listener out of herd's loop
+//! ([`Worker::into_listener`]) and accept on it itself.
+//!
+//! The files: `sources.rs` multiplexes the worker's sources into events; `lane.rs` reads
+//! handed-off connections and acknowledges them; `incoming.rs` is the blocking iterator;
+//! `listener.rs` is the listener handed to another runtime.
 
+mod incoming;
 mod lane;
+mod listener;
+mod sources;
 
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use lane::{LaneReader, Read};
+pub use incoming::Incoming;
+use lane::LaneReader;
+pub use listener::WorkerListener;
 
 use crate::accept::blocking::BlockingAcceptor;
 use crate::accept::epoll::ListenerWatch;
-use crate::accept::{self, Accepted, Wait, WorkerAccept};
-use crate::channel::{self, Channel, ChannelError, Message};
+use crate::accept::{Wait, WorkerAccept};
+use crate::channel::{self, Channel, Message};
 use crate::listener::StreamKind;
-use crate::stats::{Counters, WorkerCounter};
+use crate::stats::Counters;
 use crate::stream::Stream;
 use crate::sys::epoll::{Epoll, Interest, Ready};
 use crate::sys::timerfd::Timer;
@@ -59,14 +69,21 @@ const WARNINGS_PER_SECOND: u32 = 10;
 
 /// Something that happened to a worker.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum WorkerEvent {
     /// A new connection, to serve.
     Connection(Stream),
-    /// A message from the primary.
-    Message(Vec<u8>),
+    /// A message from the primary ([`crate::Primary::send`]), with the descriptors it attached
+    /// ([`crate::Primary::send_with_fds`]), this worker's own copies, close-on-exec.
+    Message {
+        /// The bytes.
+        data: Vec<u8>,
+        /// The descriptors.
+        fds: Vec<OwnedFd>,
+    },
     /// The primary asked this worker to stop (or the primary is gone): no more connections will
     /// come. Finish the open ones and return from the worker function.
-    Disconnect,
+    Stop,
 }
 
 /// How the worker takes connections off a listener, if it does.
@@ -97,7 +114,7 @@ enum State {
     Running,
     /// Asked to stop; waiting for the accept thread to finish and the lane to be empty.
     Stopping,
-    /// The `Disconnect` event has been queued.
+    /// The `Stop` event has been queued.
     Stopped,
 }
 
@@ -136,12 +153,14 @@ pub struct Worker {
     control: Channel,
     epoll: Epoll,
     accepting: Accepting,
+    /// Handoff mode: the worker never had a listener.
+    lane_only: bool,
     lane: Option<LaneReader>,
     lane_state: LaneState,
     lane_backoff: Duration,
     counters: Counters,
     events: VecDeque<WorkerEvent>,
-    messages: VecDeque<Vec<u8>>,
+    messages: VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
     /// The user's readiness found by herd's own waits, one entry per token.
     user_ready: Vec<Ready>,
     user_index: HashMap<u64, usize>,
@@ -174,6 +193,7 @@ impl Worker {
         epoll.add(&control, TOKEN_CONTROL, Interest::READABLE)?;
         let timer = Timer::new()?;
         epoll.add(&timer, TOKEN_TIMER, Interest::READABLE)?;
+        let lane_only = accept.is_none();
         let accepting = match accept {
             None => Accepting::Nothing,
             Some(WorkerAccept { listener, wait: Wait::Thread }) => {
@@ -201,6 +221,7 @@ impl Worker {
             control,
             epoll,
             accepting,
+            lane_only,
             lane,
             lane_state: LaneState::Reading,
             lane_backoff: LANE_BACKOFF,
@@ -247,27 +268,44 @@ impl Worker {
     /// `InvalidInput` if `bytes` is longer than [`channel::MAX_MESSAGE`]; the channel's error
     /// if the primary is gone.
     pub fn send(&self, bytes: &[u8]) -> io::Result<()> {
+        self.send_with_fds(bytes, &[])
+    }
+
+    /// [`send`](Self::send) with descriptors attached (at most [`channel::MAX_FDS`]), as Node's
+    /// `process.send(message, handle)`: the primary receives its own copies of them. Blocks
+    /// while the primary's end of the channel is full.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send); `InvalidInput` for too many descriptors.
+    pub fn send_with_fds(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         if bytes.len() > channel::MAX_MESSAGE {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("message of {} bytes exceeds the {}-byte limit", bytes.len(), channel::MAX_MESSAGE),
             ));
         }
-        self.control.send_user(bytes, &[], false).map_err(io::Error::from)
+        if fds.len() > channel::MAX_FDS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} descriptors exceed the {}-descriptor limit of a message", fds.len(), channel::MAX_FDS),
+            ));
+        }
+        self.control.send_user(bytes, fds, false).map_err(io::Error::from)
     }
 
     /// Announces that this worker is about to exit on its own — Node's "suicide" message — and
     /// stops accepting. The primary forks the replacement at once, before this worker goes, so
     /// the slot is never empty; this worker's exit is then expected, not a crash. Connections
-    /// already taken are still delivered, then [`WorkerEvent::Disconnect`]: finish them and
+    /// already taken are still delivered, then [`WorkerEvent::Stop`]: finish them and
     /// return from the worker function.
     pub fn retire(&mut self) -> io::Result<()> {
         self.control.send(&Message::Retiring, &[]).map_err(io::Error::from)?;
         self.begin_stopping()
     }
 
-    /// Messages from the primary that arrived while [`incoming`](Self::incoming) was iterating.
-    pub fn take_messages(&mut self) -> Vec<Vec<u8>> {
+    /// Messages from the primary (bytes and descriptors) that arrived while
+    /// [`incoming`](Self::incoming) was iterating.
+    pub fn take_messages(&mut self) -> Vec<(Vec<u8>, Vec<OwnedFd>)> {
         self.messages.drain(..).collect()
     }
 
@@ -277,10 +315,10 @@ impl Worker {
         Incoming { worker: self }
     }
 
-    /// Blocks until the next event. Once the worker has stopped, returns
-    /// [`WorkerEvent::Disconnect`] at once, every time.
+    /// Blocks until the next event. Once the worker has stopped, returns [`WorkerEvent::Stop`]
+    /// at once, every time.
     pub fn next_event(&mut self) -> io::Result<WorkerEvent> {
-        self.announce_listening();
+        self.ready();
         loop {
             if let Some(event) = self.events.pop_front() {
                 return Ok(event);
@@ -290,21 +328,21 @@ impl Worker {
                 continue;
             }
             if self.state == State::Stopped {
-                return Ok(WorkerEvent::Disconnect);
+                return Ok(WorkerEvent::Stop);
             }
             self.epoll_wait(None)?;
         }
     }
 
     /// The next event if one is ready, without blocking; `Ok(None)` means nothing is ready
-    /// now. [`WorkerEvent::Disconnect`] is returned once.
+    /// now. [`WorkerEvent::Stop`] is returned once.
     ///
     /// After [`poll`](Self::poll), this returns what that poll found; whatever is still ready
     /// after it (a second connection in the accept queue) the next `poll` reports. Without
     /// `poll` — in a foreign event loop — `Ok(None)` is only returned once a look at the
     /// worker's epoll found nothing, so an edge-triggered loop misses no wakeup.
     pub fn try_event(&mut self) -> io::Result<Option<WorkerEvent>> {
-        self.announce_listening();
+        self.ready();
         loop {
             if let Some(event) = self.events.pop_front() {
                 return Ok(Some(event));
@@ -345,7 +383,7 @@ impl Worker {
     /// [`try_event`](Self::try_event), which the caller should drain after every `poll`.
     /// Returns at once if herd events are already waiting.
     pub fn poll(&mut self, ready: &mut Vec<Ready>, timeout: Option<Duration>) -> io::Result<()> {
-        self.announce_listening();
+        self.ready();
         ready.clear();
         let busy = !self.user_ready.is_empty() || !self.events.is_empty() || self.pending.any();
         let timeout = if busy { Some(Duration::ZERO) } else { timeout };
@@ -356,330 +394,21 @@ impl Worker {
         Ok(())
     }
 
-    /// One `epoll_wait`: herd's readiness becomes pending work, the user's is kept (merged per
-    /// token, so that waits the user does not collect cannot pile it up). Returns how many of
-    /// herd's own sources were ready.
-    fn epoll_wait(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
-        self.epoll.wait(&mut self.scratch, timeout)?;
-        self.polled = false;
-        let mut ours = 0;
-        for ready in &self.scratch {
-            match ready.token {
-                TOKEN_LISTENER => self.pending.listener = true,
-                TOKEN_CONTROL => self.pending.control = true,
-                TOKEN_ACCEPT_THREAD => self.pending.accept_thread = true,
-                TOKEN_TIMER => self.pending.timer = true,
-                TOKEN_LANE => self.pending.lane = true,
-                token => {
-                    match self.user_index.get(&token) {
-                        Some(&i) => {
-                            let kept = &mut self.user_ready[i];
-                            kept.readable |= ready.readable;
-                            kept.writable |= ready.writable;
-                            kept.hangup |= ready.hangup;
-                        }
-                        None => {
-                            self.user_index.insert(token, self.user_ready.len());
-                            self.user_ready.push(*ready);
-                        }
-                    }
-                    continue;
-                }
-            }
-            ours += 1;
-        }
-        Ok(ours)
-    }
-
-    /// Acts on the flags the last `epoll_wait` set, turning readiness into events.
-    fn service(&mut self) -> io::Result<()> {
-        let pending = std::mem::take(&mut self.pending);
-        if pending.control {
-            self.read_control()?;
-        }
-        if pending.lane {
-            self.read_lane()?;
-        }
-        if pending.listener {
-            self.accept_one()?;
-        }
-        if pending.accept_thread {
-            self.take_from_accept_thread()?;
-        }
-        if pending.timer {
-            self.on_timer()?;
-        }
-        self.send_warnings();
-        Ok(())
-    }
-
-    /// One accept per wakeup, as nginx does by default: with several workers woken at once this
-    /// spreads a burst instead of letting the first one drain it.
-    fn accept_one(&mut self) -> io::Result<()> {
-        let Accepting::Epoll(watch) = &mut self.accepting else { return Ok(()) };
-        self.counters.bump_worker(self.id, WorkerCounter::Wakeups, 1);
-        loop {
-            match accept::accept(&watch.listener) {
-                Accepted::Connection(fd) => {
-                    self.counters.bump_worker(self.id, WorkerCounter::Accepts, 1);
-                    let stream = Stream::new(fd, self.kind, self.counters.clone(), self.id);
-                    self.events.push_back(WorkerEvent::Connection(stream));
-                }
-                Accepted::Empty => self.counters.bump_worker(self.id, WorkerCounter::Eagains, 1),
-                Accepted::Retry => continue,
-                Accepted::BackOff(e) => {
-                    watch.disarm(&self.epoll)?;
-                    self.warnings.queue.push(format!("accept4: {e}; pausing accepts for {:?}", accept::BACKOFF));
-                    self.accept_resume_at = Some(Instant::now() + accept::BACKOFF);
-                    return self.arm_timer();
-                }
-                Accepted::Failed(e) => return Err(crate::sys::context(e, format!("worker {}: accept4", self.id))),
-            }
-            break;
-        }
-        watch.after_wakeup(&self.epoll)
-    }
-
-    fn take_from_accept_thread(&mut self) -> io::Result<()> {
-        let Accepting::Thread(acceptor) = &mut self.accepting else { return Ok(()) };
-        let mut fds: Vec<OwnedFd> = Vec::new();
-        acceptor.drain(&mut fds);
-        for fd in fds {
-            let stream = Stream::new(fd, self.kind, self.counters.clone(), self.id);
-            self.events.push_back(WorkerEvent::Connection(stream));
-        }
-        if let Some(warning) = acceptor.take_warning() {
-            self.warnings.queue.push(warning);
-        }
-        if let Some(e) = acceptor.take_failure() {
-            return Err(e);
-        }
-        if self.state == State::Stopping && acceptor.finished() {
-            self.accepting = Accepting::Nothing;
-            self.check_stopped()?;
-        }
-        Ok(())
-    }
-
-    /// Reads what the lane holds; acknowledges every half window.
-    fn read_lane(&mut self) -> io::Result<()> {
-        let Some(lane) = &mut self.lane else { return Ok(()) };
-        if self.lane_state != LaneState::Reading {
-            return Ok(());
-        }
-        let read = lane.read(&mut self.handed, &mut self.warnings.queue)?;
-        let acked = lane.acknowledge(self.state != State::Running);
-        self.counters.bump_worker(self.id, WorkerCounter::HandoffsAcked, acked);
-        if !self.handed.is_empty() {
-            self.counters.bump_worker(self.id, WorkerCounter::Wakeups, 1);
-            self.counters.bump_worker(self.id, WorkerCounter::HandoffsReceived, self.handed.len() as u64);
-        }
-        for fd in self.handed.drain(..) {
-            let stream = Stream::new(fd, self.kind, self.counters.clone(), self.id);
-            self.events.push_back(WorkerEvent::Connection(stream));
-        }
-        match read {
-            Read::Empty | Read::More => {}
-            Read::Closed => {
-                self.epoll.delete(lane)?;
-                self.lane_state = LaneState::Closed;
-            }
-            Read::OutOfDescriptors => {
-                // Stop reading and let the primary take the lane back; see `mode::handoff`.
-                self.epoll.delete(lane)?;
-                let resume_at = Instant::now() + self.lane_backoff;
-                self.lane_state = LaneState::Pressured { reclaimed: false, resume_at };
-                // Installing a received descriptor fails only on this process's own limit.
-                self.warnings.queue.push(format!(
-                    "recvmsg(SCM_RIGHTS) on the lane: {}; handing the lane back to the primary for {:?}",
-                    io::Error::from_raw_os_error(libc::EMFILE),
-                    self.lane_backoff
-                ));
-                self.lane_backoff = (self.lane_backoff * 2).min(MAX_LANE_BACKOFF);
-                if self.control.try_send(&Message::Pressure, &[]).is_err() {
-                    // The primary cannot hear us: nobody will take the lane back; just wait.
-                    self.lane_state = LaneState::Pressured { reclaimed: true, resume_at };
-                }
-                self.arm_timer()?;
-            }
-        }
-        if read == Read::Empty && matches!(self.lane_state, LaneState::Reading) {
-            self.lane_backoff = LANE_BACKOFF;
-        }
-        if self.state == State::Stopping {
-            self.check_stopped()?;
-        }
-        Ok(())
-    }
-
-    /// A back-off ended: watch the listener again, or give the lane a new try.
-    fn on_timer(&mut self) -> io::Result<()> {
-        self.timer.clear();
-        let now = Instant::now();
-        if self.accept_resume_at.is_some_and(|t| t <= now) {
-            self.accept_resume_at = None;
-            if let (State::Running, Accepting::Epoll(watch)) = (self.state, &mut self.accepting) {
-                watch.arm(&self.epoll)?;
-            }
-        }
-        if let LaneState::Pressured { reclaimed: true, resume_at } = self.lane_state {
-            if resume_at <= now {
-                self.resume_lane()?;
-            }
-        }
-        self.arm_timer()
-    }
-
-    fn resume_lane(&mut self) -> io::Result<()> {
-        let Some(lane) = &self.lane else { return Ok(()) };
-        self.lane_state = LaneState::Reading;
-        self.epoll.add(lane, TOKEN_LANE, Interest::READABLE)?;
-        let _ = self.control.try_send(&Message::Resume, &[]);
-        self.pending.lane = true;
-        Ok(())
-    }
-
-    /// Arms the timer for the earliest back-off still running.
-    fn arm_timer(&mut self) -> io::Result<()> {
-        let lane = match self.lane_state {
-            LaneState::Pressured { reclaimed: true, resume_at } => Some(resume_at),
-            _ => None,
-        };
-        match [self.accept_resume_at, lane].into_iter().flatten().min() {
-            Some(at) => self.timer.arm(at.saturating_duration_since(Instant::now())),
-            None => self.timer.disarm(),
-        }
-    }
-
-    /// Reads every frame waiting on the control channel.
-    fn read_control(&mut self) -> io::Result<()> {
-        loop {
-            match self.control.try_recv() {
-                Ok(None) => return Ok(()),
-                Ok(Some(received)) => match received.message {
-                    Message::User(bytes) => self.events.push_back(WorkerEvent::Message(bytes)),
-                    Message::Stop => self.begin_stopping()?,
-                    // The heartbeat: answering proves this worker's loop is running.
-                    Message::Ping => {
-                        let _ = self.control.try_send(&Message::Pong, &[]);
-                    }
-                    Message::Reclaimed => self.lane_reclaimed()?,
-                    other => self.warnings.queue.push(format!("unexpected {other:?} from the primary")),
-                },
-                Err(ChannelError::Closed) => {
-                    // The primary is gone (PR_SET_PDEATHSIG will usually have killed us first).
-                    self.epoll.delete(&self.control)?;
-                    return self.begin_stopping();
-                }
-                Err(ChannelError::Io(e)) => {
-                    return Err(crate::sys::context(e, format!("worker {}: the control channel", self.id)));
-                }
-                Err(e) => self.warnings.queue.push(format!("bad frame from the primary: {e}")),
-            }
-        }
-    }
-
-    /// The primary took back everything queued in the lane.
-    fn lane_reclaimed(&mut self) -> io::Result<()> {
-        if let LaneState::Pressured { resume_at, .. } = self.lane_state {
-            self.lane_state = LaneState::Pressured { reclaimed: true, resume_at };
-            if self.state == State::Stopping {
-                return self.check_stopped();
-            }
-            self.arm_timer()?;
-        }
-        Ok(())
-    }
-
-    /// Stops accepting. The `Disconnect` event follows every connection already taken.
-    fn begin_stopping(&mut self) -> io::Result<()> {
-        if self.state != State::Running {
-            return Ok(());
-        }
-        self.state = State::Stopping;
-        match std::mem::replace(&mut self.accepting, Accepting::Nothing) {
-            Accepting::Epoll(mut watch) => watch.disarm(&self.epoll)?,
-            Accepting::Thread(acceptor) => {
-                acceptor.stop();
-                self.accepting = Accepting::Thread(acceptor);
-            }
-            Accepting::Nothing => {}
-        }
-        // Handoffs sent before the stop are this worker's to serve: read the lane to the end.
-        self.pending.lane = self.lane.is_some();
-        self.check_stopped()
-    }
-
-    /// Queues `Disconnect` once nothing more can come: the accept thread has ended and the lane
-    /// is empty (or was taken back, or closed).
-    fn check_stopped(&mut self) -> io::Result<()> {
-        if self.state != State::Stopping || matches!(self.accepting, Accepting::Thread(_)) {
-            return Ok(());
-        }
-        if let Some(lane) = &mut self.lane {
-            match self.lane_state {
-                LaneState::Reading => {
-                    let read = lane.read(&mut self.handed, &mut self.warnings.queue)?;
-                    for fd in self.handed.drain(..) {
-                        self.counters.bump_worker(self.id, WorkerCounter::HandoffsReceived, 1);
-                        let stream = Stream::new(fd, self.kind, self.counters.clone(), self.id);
-                        self.events.push_back(WorkerEvent::Connection(stream));
-                    }
-                    let acked = lane.acknowledge(true);
-                    self.counters.bump_worker(self.id, WorkerCounter::HandoffsAcked, acked);
-                    match read {
-                        Read::Empty | Read::Closed => {}
-                        Read::More => return Ok(()),
-                        Read::OutOfDescriptors => {
-                            // Let the ordinary path hand the lane back, then finish.
-                            self.pending.lane = true;
-                            return Ok(());
-                        }
-                    }
-                }
-                LaneState::Pressured { reclaimed: false, .. } => return Ok(()),
-                LaneState::Pressured { reclaimed: true, .. } | LaneState::Closed => {}
-            }
-        }
-        self.state = State::Stopped;
-        self.events.push_back(WorkerEvent::Disconnect);
-        Ok(())
-    }
-
     /// Sends a warning to the primary now (on the way out: the worker function failed).
     pub(crate) fn warn_primary(&self, text: String) -> io::Result<()> {
         self.control.try_send(&Message::Warning(text), &[]).map_err(io::Error::from)
     }
 
-    /// Tells the primary this worker is accepting (Node's `listening` event), once.
-    fn announce_listening(&self) {
+    /// Tells the primary this worker takes connections now — Node's `listening` — once. Until
+    /// then the primary hands it nothing, and a reload does not retire the worker it replaces.
+    ///
+    /// herd calls it on the first [`next_event`](Self::next_event),
+    /// [`try_event`](Self::try_event), [`poll`](Self::poll) or [`incoming`](Self::incoming);
+    /// call it yourself when you take connections another way (a foreign event loop waiting on
+    /// the worker's descriptor, or [`into_listener`](Self::into_listener)), once you are ready.
+    pub fn ready(&self) {
         if !self.listening_sent.replace(true) {
             let _ = self.control.send(&Message::Listening, &[]);
-        }
-    }
-
-    /// Sends queued warnings to the primary, at most [`WARNINGS_PER_SECOND`].
-    fn send_warnings(&mut self) {
-        if self.warnings.queue.is_empty() {
-            return;
-        }
-        let now = Instant::now();
-        let w = &mut self.warnings;
-        if w.second.is_none_or(|s| now.duration_since(s) >= Duration::from_secs(1)) {
-            if w.suppressed > 0 {
-                w.queue.push(format!("{} more warnings suppressed", w.suppressed));
-                w.suppressed = 0;
-            }
-            w.second = Some(now);
-            w.sent_this_second = 0;
-        }
-        for text in w.queue.drain(..) {
-            if w.sent_this_second >= WARNINGS_PER_SECOND {
-                w.suppressed += 1;
-                continue;
-            }
-            w.sent_this_second += 1;
-            let _ = self.control.try_send(&Message::Warning(text), &[]);
         }
     }
 }
@@ -696,30 +425,18 @@ fn check_token(token: u64) -> io::Result<()> {
 
 impl AsFd for Worker {
     /// The worker's epoll instance: readable whenever [`Worker::try_event`] may have something.
+    /// Register it, edge- or level-triggered, in a foreign event loop (tokio's `AsyncFd`, mio's
+    /// `SourceFd`), and drain [`Worker::try_event`] to `Ok(None)` on every wakeup. Call
+    /// [`Worker::ready`] when the loop runs.
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.announce_listening();
         self.epoll.as_fd()
     }
 }
 
-/// The iterator of [`Worker::incoming`].
-#[derive(Debug)]
-pub struct Incoming<'a> {
-    worker: &'a mut Worker,
-}
-
-impl Iterator for Incoming<'_> {
-    type Item = io::Result<Stream>;
-
-    fn next(&mut self) -> Option<io::Result<Stream>> {
-        loop {
-            match self.worker.next_event() {
-                Ok(WorkerEvent::Connection(stream)) => return Some(stream.set_nonblocking(false).map(|()| stream)),
-                Ok(WorkerEvent::Message(m)) => self.worker.messages.push_back(m),
-                Ok(WorkerEvent::Disconnect) => return None,
-                Err(e) => return Some(Err(e)),
-            }
-        }
+impl AsRawFd for Worker {
+    /// The same descriptor as [`AsFd`], for APIs that take a raw one (tokio's `AsyncFd`).
+    fn as_raw_fd(&self) -> RawFd {
+        self.epoll.as_fd().as_raw_fd()
     }
 }
 

@@ -24,7 +24,7 @@
 //! with any other connection from the same address, whatever its destination — exhausting ports
 //! sooner than not binding at all. `IP_BIND_ADDRESS_NO_PORT` defers the port choice to
 //! `connect`, when the full tuple is known, and lets ports be shared exactly as for an unbound
-//! socket. rustix has no wrapper for it, so herd's syscall layer sets it (`herd::sys::sockopt`).
+//! socket. rustix has no wrapper for it; `nix` has.
 //!
 //! If the kernel still finds no free port, `connect` fails with `EADDRNOTAVAIL`; the engine
 //! counts that as a `no_port` error and carries on.
@@ -125,8 +125,8 @@ fn start_connect(fd: OwnedFd, addr: &impl net::addr::SocketAddrArg) -> Result<Ow
 
 /// Sets `IP_BIND_ADDRESS_NO_PORT`, so a later `bind(addr:0)` leaves the port to `connect`.
 fn set_bind_address_no_port(fd: BorrowedFd<'_>) -> Result<(), Errno> {
-    herd::sys::sockopt::set_bind_address_no_port(fd)
-        .map_err(|e| e.raw_os_error().map_or(Errno::IO, Errno::from_raw_os_error))
+    nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::IpBindAddressNoPort, &true)
+        .map_err(|e| Errno::from_raw_os_error(e as i32))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! `herd serve`: the demo HTTP/1.1 server on a herd cluster.
 
 pub(crate) mod http;
+mod nested;
 mod server;
 
 use std::process::ExitCode;

@@ -24,10 +24,10 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
-use herd::sys::epoll::Epoll;
 use herd::{Interest, Stream, Worker, WorkerEvent};
 
 use super::http;
+use super::nested::Nested;
 
 /// The ways a worker can take its connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,9 +114,9 @@ impl Registry for Worker {
     }
 }
 
-impl Registry for Epoll {
+impl Registry for Nested {
     fn add(&self, stream: &Stream, token: usize, interest: Interest) -> io::Result<()> {
-        Epoll::add(self, stream, token as u64, interest)
+        Nested::add(self, stream, token as u64, interest)
     }
 
     fn update(&self, stream: &Stream, token: usize, interest: Interest) -> io::Result<()> {
@@ -287,8 +287,9 @@ fn run_event_loop(worker: &mut Worker, app: &mut App) -> io::Result<()> {
 fn run_nested(worker: &mut Worker, app: &mut App) -> io::Result<()> {
     /// The worker's own token in our epoll; connections use their index.
     const WORKER: u64 = u64::MAX;
-    let epoll = Epoll::new()?;
+    let mut epoll = Nested::new()?;
     epoll.add(&*worker, WORKER, Interest::READABLE)?;
+    worker.ready();
     let mut conns = Conns::default();
     let mut ready = Vec::with_capacity(256);
     let mut stopping = false;
@@ -393,11 +394,12 @@ fn on_event(
             // and, for a `Connection: close` request, both `epoll_ctl` calls.
             serve_and_settle(registry, conns, token, app)?;
         }
-        WorkerEvent::Message(_) => {}
-        WorkerEvent::Disconnect => {
+        WorkerEvent::Stop => {
             *stopping = true;
             close_idle(conns);
         }
+        // Messages from the primary, and whatever later versions add: nothing to do.
+        _ => {}
     }
     Ok(())
 }

@@ -1,0 +1,335 @@
+//! Source multiplexing: the worker's one epoll instance and everything it watches — the
+//! listener (or the accept thread), the lane, the control channel, the back-off timer — turned
+//! into [`WorkerEvent`]s, and the stop sequence that ends them.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use super::lane::Read;
+use super::{
+    Accepting, LANE_BACKOFF, LaneState, MAX_LANE_BACKOFF, State, TOKEN_ACCEPT_THREAD, TOKEN_CONTROL, TOKEN_LANE,
+    TOKEN_LISTENER, TOKEN_TIMER, WARNINGS_PER_SECOND, Worker, WorkerEvent,
+};
+use crate::accept::{self, Accepted};
+use crate::channel::{ChannelError, Message};
+use crate::stats::WorkerCounter;
+use crate::stream::Stream;
+use crate::sys::epoll::Interest;
+
+impl Worker {
+    /// One `epoll_wait`: herd's readiness becomes pending work, the user's is kept (merged per
+    /// token, so that waits the user does not collect cannot pile it up). Returns how many of
+    /// herd's own sources were ready.
+    pub(super) fn epoll_wait(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
+        self.epoll.wait(&mut self.scratch, timeout)?;
+        self.polled = false;
+        let mut ours = 0;
+        for ready in &self.scratch {
+            match ready.token {
+                TOKEN_LISTENER => self.pending.listener = true,
+                TOKEN_CONTROL => self.pending.control = true,
+                TOKEN_ACCEPT_THREAD => self.pending.accept_thread = true,
+                TOKEN_TIMER => self.pending.timer = true,
+                TOKEN_LANE => self.pending.lane = true,
+                token => {
+                    match self.user_index.get(&token) {
+                        Some(&i) => {
+                            let kept = &mut self.user_ready[i];
+                            kept.readable |= ready.readable;
+                            kept.writable |= ready.writable;
+                            kept.hangup |= ready.hangup;
+                        }
+                        None => {
+                            self.user_index.insert(token, self.user_ready.len());
+                            self.user_ready.push(*ready);
+                        }
+                    }
+                    continue;
+                }
+            }
+            ours += 1;
+        }
+        Ok(ours)
+    }
+
+    /// Acts on the flags the last `epoll_wait` set, turning readiness into events.
+    pub(super) fn service(&mut self) -> io::Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        if pending.control {
+            self.read_control()?;
+        }
+        if pending.lane {
+            self.read_lane()?;
+        }
+        if pending.listener {
+            self.accept_one()?;
+        }
+        if pending.accept_thread {
+            self.take_from_accept_thread()?;
+        }
+        if pending.timer {
+            self.on_timer()?;
+        }
+        self.send_warnings();
+        Ok(())
+    }
+
+    /// One accept per wakeup, as nginx does by default: with several workers woken at once this
+    /// spreads a burst instead of letting the first one drain it.
+    pub(super) fn accept_one(&mut self) -> io::Result<()> {
+        let Accepting::Epoll(watch) = &mut self.accepting else { return Ok(()) };
+        self.counters.bump_worker(self.id, WorkerCounter::Wakeups, 1);
+        loop {
+            match accept::accept(&watch.listener) {
+                Accepted::Connection(fd) => {
+                    self.counters.bump_worker(self.id, WorkerCounter::Accepts, 1);
+                    let stream = Stream::new(fd, self.kind, self.counters.clone(), self.id);
+                    self.events.push_back(WorkerEvent::Connection(stream));
+                }
+                Accepted::Empty => self.counters.bump_worker(self.id, WorkerCounter::Eagains, 1),
+                Accepted::Retry => continue,
+                Accepted::BackOff(e) => {
+                    watch.disarm(&self.epoll)?;
+                    self.warnings.queue.push(format!("accept4: {e}; pausing accepts for {:?}", accept::BACKOFF));
+                    self.accept_resume_at = Some(Instant::now() + accept::BACKOFF);
+                    return self.arm_timer();
+                }
+                Accepted::Failed(e) => return Err(crate::sys::context(e, format!("worker {}: accept4", self.id))),
+            }
+            break;
+        }
+        watch.after_wakeup(&self.epoll)
+    }
+
+    pub(super) fn take_from_accept_thread(&mut self) -> io::Result<()> {
+        let Accepting::Thread(acceptor) = &mut self.accepting else { return Ok(()) };
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        acceptor.drain(&mut fds);
+        for fd in fds {
+            let stream = Stream::new(fd, self.kind, self.counters.clone(), self.id);
+            self.events.push_back(WorkerEvent::Connection(stream));
+        }
+        if let Some(warning) = acceptor.take_warning() {
+            self.warnings.queue.push(warning);
+        }
+        if let Some(e) = acceptor.take_failure() {
+            return Err(e);
+        }
+        if self.state == State::Stopping && acceptor.finished() {
+            self.accepting = Accepting::Nothing;
+            self.check_stopped()?;
+        }
+        Ok(())
+    }
+
+    /// Reads what the lane holds; acknowledges every half window.
+    pub(super) fn read_lane(&mut self) -> io::Result<()> {
+        let Some(lane) = &mut self.lane else { return Ok(()) };
+        if self.lane_state != LaneState::Reading {
+            return Ok(());
+        }
+        let read = lane.read(&mut self.handed, &mut self.warnings.queue)?;
+        let acked = lane.acknowledge(self.state != State::Running);
+        self.counters.bump_worker(self.id, WorkerCounter::HandoffsAcked, acked);
+        if !self.handed.is_empty() {
+            self.counters.bump_worker(self.id, WorkerCounter::Wakeups, 1);
+            self.counters.bump_worker(self.id, WorkerCounter::HandoffsReceived, self.handed.len() as u64);
+        }
+        for fd in self.handed.drain(..) {
+            let stream = Stream::new(fd, self.kind, self.counters.clone(), self.id);
+            self.events.push_back(WorkerEvent::Connection(stream));
+        }
+        match read {
+            Read::Empty | Read::More => {}
+            Read::Closed => {
+                self.epoll.delete(lane)?;
+                self.lane_state = LaneState::Closed;
+            }
+            Read::OutOfDescriptors => {
+                // Stop reading and let the primary take the lane back; see `mode::handoff`.
+                self.epoll.delete(lane)?;
+                let resume_at = Instant::now() + self.lane_backoff;
+                self.lane_state = LaneState::Pressured { reclaimed: false, resume_at };
+                // Installing a received descriptor fails only on this process's own limit.
+                self.warnings.queue.push(format!(
+                    "recvmsg(SCM_RIGHTS) on the lane: {}; handing the lane back to the primary for {:?}",
+                    io::Error::from_raw_os_error(libc::EMFILE),
+                    self.lane_backoff
+                ));
+                self.lane_backoff = (self.lane_backoff * 2).min(MAX_LANE_BACKOFF);
+                if self.control.try_send(&Message::Pressure, &[]).is_err() {
+                    // The primary cannot hear us: nobody will take the lane back; just wait.
+                    self.lane_state = LaneState::Pressured { reclaimed: true, resume_at };
+                }
+                self.arm_timer()?;
+            }
+        }
+        if read == Read::Empty && matches!(self.lane_state, LaneState::Reading) {
+            self.lane_backoff = LANE_BACKOFF;
+        }
+        if self.state == State::Stopping {
+            self.check_stopped()?;
+        }
+        Ok(())
+    }
+
+    /// A back-off ended: watch the listener again, or give the lane a new try.
+    pub(super) fn on_timer(&mut self) -> io::Result<()> {
+        self.timer.clear();
+        let now = Instant::now();
+        if self.accept_resume_at.is_some_and(|t| t <= now) {
+            self.accept_resume_at = None;
+            if let (State::Running, Accepting::Epoll(watch)) = (self.state, &mut self.accepting) {
+                watch.arm(&self.epoll)?;
+            }
+        }
+        if let LaneState::Pressured { reclaimed: true, resume_at } = self.lane_state {
+            if resume_at <= now {
+                self.resume_lane()?;
+            }
+        }
+        self.arm_timer()
+    }
+
+    pub(super) fn resume_lane(&mut self) -> io::Result<()> {
+        let Some(lane) = &self.lane else { return Ok(()) };
+        self.lane_state = LaneState::Reading;
+        self.epoll.add(lane, TOKEN_LANE, Interest::READABLE)?;
+        let _ = self.control.try_send(&Message::Resume, &[]);
+        self.pending.lane = true;
+        Ok(())
+    }
+
+    /// Arms the timer for the earliest back-off still running.
+    pub(super) fn arm_timer(&mut self) -> io::Result<()> {
+        let lane = match self.lane_state {
+            LaneState::Pressured { reclaimed: true, resume_at } => Some(resume_at),
+            _ => None,
+        };
+        match [self.accept_resume_at, lane].into_iter().flatten().min() {
+            Some(at) => self.timer.arm(at.saturating_duration_since(Instant::now())),
+            None => self.timer.disarm(),
+        }
+    }
+
+    /// Reads every frame waiting on the control channel.
+    pub(super) fn read_control(&mut self) -> io::Result<()> {
+        loop {
+            match self.control.try_recv() {
+                Ok(None) => return Ok(()),
+                Ok(Some(received)) => match received.message {
+                    Message::User(data) => self.events.push_back(WorkerEvent::Message { data, fds: received.fds }),
+                    Message::Stop => self.begin_stopping()?,
+                    // The heartbeat: answering proves this worker's loop is running.
+                    Message::Ping => {
+                        let _ = self.control.try_send(&Message::Pong, &[]);
+                    }
+                    Message::Reclaimed => self.lane_reclaimed()?,
+                    other => self.warnings.queue.push(format!("unexpected {other:?} from the primary")),
+                },
+                Err(ChannelError::Closed) => {
+                    // The primary is gone (PR_SET_PDEATHSIG will usually have killed us first).
+                    self.epoll.delete(&self.control)?;
+                    return self.begin_stopping();
+                }
+                Err(ChannelError::Io(e)) => {
+                    return Err(crate::sys::context(e, format!("worker {}: the control channel", self.id)));
+                }
+                Err(e) => self.warnings.queue.push(format!("bad frame from the primary: {e}")),
+            }
+        }
+    }
+
+    /// The primary took back everything queued in the lane.
+    pub(super) fn lane_reclaimed(&mut self) -> io::Result<()> {
+        if let LaneState::Pressured { resume_at, .. } = self.lane_state {
+            self.lane_state = LaneState::Pressured { reclaimed: true, resume_at };
+            if self.state == State::Stopping {
+                return self.check_stopped();
+            }
+            self.arm_timer()?;
+        }
+        Ok(())
+    }
+
+    /// Stops accepting. The `Stop` event follows every connection already taken.
+    pub(super) fn begin_stopping(&mut self) -> io::Result<()> {
+        if self.state != State::Running {
+            return Ok(());
+        }
+        self.state = State::Stopping;
+        match std::mem::replace(&mut self.accepting, Accepting::Nothing) {
+            Accepting::Epoll(mut watch) => watch.disarm(&self.epoll)?,
+            Accepting::Thread(acceptor) => {
+                acceptor.stop();
+                self.accepting = Accepting::Thread(acceptor);
+            }
+            Accepting::Nothing => {}
+        }
+        // Handoffs sent before the stop are this worker's to serve: read the lane to the end.
+        self.pending.lane = self.lane.is_some();
+        self.check_stopped()
+    }
+
+    /// Queues `Stop` once nothing more can come: the accept thread has ended and the lane
+    /// is empty (or was taken back, or closed).
+    pub(super) fn check_stopped(&mut self) -> io::Result<()> {
+        if self.state != State::Stopping || matches!(self.accepting, Accepting::Thread(_)) {
+            return Ok(());
+        }
+        if let Some(lane) = &mut self.lane {
+            match self.lane_state {
+                LaneState::Reading => {
+                    let read = lane.read(&mut self.handed, &mut self.warnings.queue)?;
+                    for fd in self.handed.drain(..) {
+                        self.counters.bump_worker(self.id, WorkerCounter::HandoffsReceived, 1);
+                        let stream = Stream::new(fd, self.kind, self.counters.clone(), self.id);
+                        self.events.push_back(WorkerEvent::Connection(stream));
+                    }
+                    let acked = lane.acknowledge(true);
+                    self.counters.bump_worker(self.id, WorkerCounter::HandoffsAcked, acked);
+                    match read {
+                        Read::Empty | Read::Closed => {}
+                        Read::More => return Ok(()),
+                        Read::OutOfDescriptors => {
+                            // Let the ordinary path hand the lane back, then finish.
+                            self.pending.lane = true;
+                            return Ok(());
+                        }
+                    }
+                }
+                LaneState::Pressured { reclaimed: false, .. } => return Ok(()),
+                LaneState::Pressured { reclaimed: true, .. } | LaneState::Closed => {}
+            }
+        }
+        self.state = State::Stopped;
+        self.events.push_back(WorkerEvent::Stop);
+        Ok(())
+    }
+
+    /// Sends queued warnings to the primary, at most [`WARNINGS_PER_SECOND`].
+    pub(super) fn send_warnings(&mut self) {
+        if self.warnings.queue.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let w = &mut self.warnings;
+        if w.second.is_none_or(|s| now.duration_since(s) >= Duration::from_secs(1)) {
+            if w.suppressed > 0 {
+                w.queue.push(format!("{} more warnings suppressed", w.suppressed));
+                w.suppressed = 0;
+            }
+            w.second = Some(now);
+            w.sent_this_second = 0;
+        }
+        for text in w.queue.drain(..) {
+            if w.sent_this_second >= WARNINGS_PER_SECOND {
+                w.suppressed += 1;
+                continue;
+            }
+            w.sent_this_second += 1;
+            let _ = self.control.try_send(&Message::Warning(text), &[]);
+        }
+    }
+}
