@@ -88,7 +88,7 @@ async fn drive(primary: &mut Primary, addr: String) -> io::Result<()> {
                         (Step::Listening(n), Event::Listening { .. }) => Step::Listening(n + 1),
                         (Step::Reloaded, Event::Reload { phase: ReloadPhase::Finished, .. }) => {
                             check(true, "reload() from code: every worker replaced")?;
-                            primary.scale(3);
+                            primary.scale(3)?;
                             Step::Scaled
                         }
                         (Step::Scaled, Event::Listening { id: 2, .. }) => {
@@ -110,7 +110,7 @@ async fn drive(primary: &mut Primary, addr: String) -> io::Result<()> {
                 step = match (step, served) {
                     (Step::Served, Ok(n)) => {
                         check(n == 20, "20 requests served while tokio drives the primary")?;
-                        primary.reload();
+                        primary.reload()?;
                         Step::Reloaded
                     }
                     (Step::ServedAgain, Ok(n)) => {

@@ -285,3 +285,23 @@ fn a_reload_waiting_for_listening_times_out_and_keeps_the_old_workers() {
     assert_eq!(exited.len(), 2, "the two late new workers were killed");
     assert!(serve.stop().status.success());
 }
+
+#[test]
+fn scaling_down_during_a_reload_does_not_fail_the_reload() {
+    // New workers take 400 ms to listen; the cluster loses its last slot meanwhile.
+    for mode in [MODES[0], MODES[3]] {
+        let serve = Serve::start(&serve_args("3", mode, &["--startup-delay", "400"]), 3);
+        serve.signal(Signal::HUP);
+        serve.wait_for_log(|l| l.contains("reload generation=1 started"), 1);
+        serve.signal(Signal::TTOU);
+        serve.wait_for_log(|l| l.contains("herd: scale workers=2"), 1);
+        let done = serve.wait_for_log(|l| l.contains("reload generation=1 "), 2);
+        assert!(done.contains("finished"), "{mode:?}: {done}");
+        let (seen, failures) = util::load(&serve.target, 40, 4);
+        assert!(failures.is_empty(), "{mode:?}: {}", util::summary(&failures));
+        assert!(!seen.contains_key(&2), "{mode:?}: the slot scaled away serves nothing: {seen:?}");
+        let stopped = serve.stop();
+        assert!(stopped.status.success());
+        util::assert_all_gone(&stopped.worker_pids, Duration::from_secs(2));
+    }
+}

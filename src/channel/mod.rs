@@ -136,10 +136,18 @@ impl Channel {
         let peeked = would_block_is_none(self.recv_inner(RecvOptions { nonblocking: true, peek: true }));
         let keep_queued = match &peeked {
             Ok(None) | Err(ChannelError::Io(_) | ChannelError::Closed) => true,
-            // Out of descriptors: the frame stays for later, unless its header asks for more
-            // descriptors than a frame may carry — then no later read would do better.
-            Err(ChannelError::ControlTruncated { kind: Some(_) }) => {
-                u16::from_le_bytes([self.buf[2], self.buf[3]]) as usize <= MAX_FDS
+            // Out of descriptors: the frame stays for later.
+            Err(ChannelError::ControlTruncated { kind: Some(kind) }) => {
+                let claimed = u16::from_le_bytes([self.buf[2], self.buf[3]]) as usize;
+                if claimed > MAX_FDS {
+                    // Unless it claims more descriptors than a frame may carry: no later read
+                    // would do better, and it is not a shortage but a bad frame.
+                    fdpass::discard(self.fd.as_fd())
+                        .map_err(|e| ChannelError::Io(crate::sys::context(e, "recvmsg on the channel")))?;
+                    let allowed = Message::fds_allowed(*kind).map_or((0, 0), |r| (*r.start(), *r.end()));
+                    return Err(ChannelError::WrongFdCount { kind: *kind, allowed, got: claimed });
+                }
+                true
             }
             // A good frame, or a bad one: it goes, so that one bad frame cannot wedge the channel.
             _ => false,

@@ -136,7 +136,8 @@ struct Lane {
     retry_at: Option<Instant>,
     /// The back-off that follows the next error.
     next_backoff: Duration,
-    /// The last send found the worker's socket buffer full: skip until its next `Ack`.
+    /// The last send found the worker's socket buffer full: skip it until its end of the lane
+    /// is writable again (the primary watches it for `EPOLLOUT` meanwhile) or it acknowledges.
     full: bool,
     /// The most connections one frame to this worker carries: 1 after it ran out of
     /// descriptors (a frame whose descriptors do not all fit cannot be received at all), then
@@ -146,7 +147,7 @@ struct Lane {
 
 impl Lane {
     fn in_flight(&self) -> u64 {
-        self.sent - self.acked.min(self.sent) - self.reclaimed
+        self.sent.saturating_sub(self.acked).saturating_sub(self.reclaimed)
     }
 
     fn room(&self, window: usize, now: Instant) -> usize {
@@ -155,6 +156,14 @@ impl Lane {
         }
         (window as u64).saturating_sub(self.in_flight()) as usize
     }
+}
+
+/// What is left of a dead worker's lane while its handoffs could not all be taken back yet.
+#[derive(Debug)]
+struct Orphan {
+    key: u64,
+    theirs: Channel,
+    retry_at: Instant,
 }
 
 /// The primary's side of every lane: the round-robin, the windows, the queue.
@@ -169,7 +178,10 @@ pub(crate) struct Dispatcher {
     counters: Counters,
     /// Lanes of workers that died while the primary was out of descriptors, with handoffs
     /// still to take back.
-    orphans: Vec<Lane>,
+    orphans: Vec<Orphan>,
+    /// Lanes whose end the primary should (`true`) or need no longer (`false`) watch for
+    /// writability: the primary applies these after each turn.
+    writability: Vec<(u64, bool)>,
     /// What went wrong that the primary's program should hear of.
     warnings: Vec<String>,
 }
@@ -183,6 +195,7 @@ impl Dispatcher {
             queue: VecDeque::new(),
             counters,
             orphans: Vec::new(),
+            writability: Vec::new(),
             warnings: Vec::new(),
         }
     }
@@ -239,7 +252,9 @@ impl Dispatcher {
                 Ok(Some(r)) => match r.message {
                     Message::Ack { received } => {
                         lane.acked = lane.acked.max(received);
-                        lane.full = false;
+                        if std::mem::take(&mut lane.full) {
+                            self.writability.push((key, false));
+                        }
                         lane.max_batch = (lane.max_batch * 2).min(MAX_FDS);
                     }
                     other => self.warnings.push(format!("unexpected {other:?} on worker lane (key {key})")),
@@ -256,6 +271,27 @@ impl Dispatcher {
         self.drain();
     }
 
+    /// Worker `key`'s end of its lane has room again after a send found it full.
+    pub(crate) fn on_lane_writable(&mut self, key: u64) {
+        if let Some(lane) = self.lane_mut(key) {
+            if std::mem::take(&mut lane.full) {
+                self.writability.push((key, false));
+            }
+        }
+        self.drain();
+    }
+
+    /// The lanes whose end the primary should start (`true`) or stop (`false`) watching for
+    /// writability, since the last call, with the descriptor to watch.
+    pub(crate) fn take_writability_changes(&mut self) -> Vec<(u64, bool)> {
+        std::mem::take(&mut self.writability)
+    }
+
+    /// The primary's end of worker `key`'s lane.
+    pub(crate) fn lane_fd(&self, key: u64) -> Option<BorrowedFd<'_>> {
+        self.lanes.iter().find(|l| l.key == key).map(|l| l.ours.as_fd())
+    }
+
     /// Worker `key` is out of descriptors and stopped reading its lane: take back the handoffs
     /// queued in it, for the others — as many as the primary itself has descriptors for; the
     /// rest stay, in order, for the worker to read when it resumes. Until then it gets nothing,
@@ -265,8 +301,9 @@ impl Dispatcher {
             lane.pressure = true;
             lane.max_batch = 1;
         }
-        if let Some(i) = self.lanes.iter().position(|l| l.key == key) {
-            Self::reclaim(&mut self.lanes[i], &mut self.queue, &self.counters, &mut self.warnings);
+        if let Some(lane) = self.lanes.iter_mut().find(|l| l.key == key) {
+            lane.reclaimed +=
+                Self::reclaim(key, &mut lane.theirs, &mut self.queue, &self.counters, &mut self.warnings).0;
         }
         self.drain();
     }
@@ -291,26 +328,31 @@ impl Dispatcher {
             if self.cursor >= self.lanes.len() {
                 self.cursor = 0;
             }
-            lane.serving = false;
-            if !Self::reclaim(&mut lane, &mut self.queue, &self.counters, &mut self.warnings) {
-                self.orphans.push(lane);
+            let (_, complete) =
+                Self::reclaim(key, &mut lane.theirs, &mut self.queue, &self.counters, &mut self.warnings);
+            if !complete {
+                // Only the worker's end is needed to take back the rest; the primary's end (and
+                // its registration) goes now.
+                let retry_at = Instant::now() + crate::accept::BACKOFF;
+                self.orphans.push(Orphan { key, theirs: lane.theirs, retry_at });
             }
         }
         self.drain();
     }
 
-    /// Reads the frames queued in a lane's worker end and puts their connections back at the
-    /// front of the queue, oldest first. Returns false if it stopped early (out of
-    /// descriptors); what is left stays queued in the lane, in order.
+    /// Reads the frames queued in a lane's worker end (`theirs`) and puts their connections back
+    /// at the front of the queue, oldest first. Returns how many, and false if it stopped early
+    /// (out of descriptors): what is left stays queued in the lane, in order.
     fn reclaim(
-        lane: &mut Lane,
+        key: u64,
+        theirs: &mut Channel,
         queue: &mut VecDeque<OwnedFd>,
         counters: &Counters,
         warnings: &mut Vec<String>,
-    ) -> bool {
+    ) -> (u64, bool) {
         let mut back = Vec::new();
         let complete = loop {
-            match lane.theirs.try_recv_keeping_fds() {
+            match theirs.try_recv_keeping_fds() {
                 Ok(Some(r)) => {
                     if matches!(r.message, Message::Handoff { .. }) {
                         back.extend(r.fds);
@@ -319,19 +361,19 @@ impl Dispatcher {
                 Ok(None) | Err(ChannelError::Closed) => break true,
                 Err(ChannelError::ControlTruncated { .. }) => break false,
                 Err(e) => {
-                    warnings.push(format!("taking back worker (key {})'s handoffs: {e}", lane.key));
+                    warnings.push(format!("recvmsg taking back worker (key {key})'s handoffs: {e}"));
                     if matches!(e, ChannelError::Io(_)) {
                         break false;
                     }
                 }
             }
         };
-        lane.reclaimed += back.len() as u64;
-        counters.bump_primary(PrimaryCounter::Requeued, back.len() as u64);
+        let n = back.len() as u64;
+        counters.bump_primary(PrimaryCounter::Requeued, n);
         for fd in back.into_iter().rev() {
             queue.push_front(fd);
         }
-        complete
+        (n, complete)
     }
 
     /// Takes a burst of accepted connections, then sends them in batches.
@@ -345,7 +387,7 @@ impl Dispatcher {
 
     /// The earliest back-off to wait out, if any.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        let orphans = (!self.orphans.is_empty()).then(|| Instant::now() + crate::accept::BACKOFF);
+        let orphans = self.orphans.iter().map(|o| o.retry_at).min();
         let lanes = if self.queue.is_empty() { None } else { self.lanes.iter().filter_map(|l| l.retry_at).min() };
         orphans.into_iter().chain(lanes).min()
     }
@@ -358,7 +400,14 @@ impl Dispatcher {
             }
         }
         let (queue, counters, warnings) = (&mut self.queue, &self.counters, &mut self.warnings);
-        self.orphans.retain_mut(|lane| !Self::reclaim(lane, queue, counters, warnings));
+        self.orphans.retain_mut(|orphan| {
+            if orphan.retry_at > now {
+                return true;
+            }
+            let (_, complete) = Self::reclaim(orphan.key, &mut orphan.theirs, queue, counters, warnings);
+            orphan.retry_at = now + crate::accept::BACKOFF;
+            !complete
+        });
         self.drain();
     }
 
@@ -370,16 +419,15 @@ impl Dispatcher {
         while !self.queue.is_empty() && !self.lanes.is_empty() {
             // One round: every lane with room, in rotation order from the cursor.
             let count = self.lanes.len();
-            let open: Vec<usize> = (0..count)
-                .map(|k| (self.cursor + k) % count)
-                .filter(|&i| self.lanes[i].room(self.window, now) > 0)
-                .collect();
-            if open.is_empty() {
+            let open = self.lanes.iter().filter(|l| l.room(self.window, now) > 0).count();
+            if open == 0 {
                 return;
             }
-            let share = self.queue.len().div_ceil(open.len());
+            let share = self.queue.len().div_ceil(open);
             let mut sent_any = false;
-            for i in open {
+            let first = self.cursor;
+            for k in 0..count {
+                let i = (first + k) % count;
                 let n =
                     self.lanes[i].room(self.window, now).min(share).min(self.lanes[i].max_batch).min(self.queue.len());
                 if n == 0 {
@@ -397,24 +445,27 @@ impl Dispatcher {
     /// Sends the `n` oldest queued connections to lane `i` in one frame.
     fn send(&mut self, i: usize, n: usize) -> Result<(), ()> {
         let lane = &mut self.lanes[i];
-        let batch: Vec<OwnedFd> = self.queue.drain(..n).collect();
-        let borrowed: Vec<BorrowedFd<'_>> = batch.iter().map(|fd| fd.as_fd()).collect();
-        match lane.ours.try_send(&Message::Handoff { seq: lane.sent }, &borrowed) {
+        let fds: Vec<BorrowedFd<'_>> = self.queue.make_contiguous()[..n].iter().map(|fd| fd.as_fd()).collect();
+        let result = lane.ours.try_send(&Message::Handoff { seq: lane.sent }, &fds);
+        drop(fds);
+        match result {
             Ok(()) => {
                 lane.sent += n as u64;
                 lane.next_backoff = FIRST_BACKOFF;
                 self.counters.bump_primary(PrimaryCounter::Dispatched, n as u64);
-                // `batch` drops here: the primary's copies close, and each connection now lives
-                // only in the worker's lane (see the module docs).
+                // The primary's copies close here: each connection now lives only in the
+                // worker's lane (see the module docs).
+                self.queue.drain(..n);
                 Ok(())
             }
             Err(e) => {
-                for fd in batch.into_iter().rev() {
-                    self.queue.push_front(fd);
-                }
                 match e {
-                    // The worker's socket buffer is full: its window is, in effect.
-                    ChannelError::Io(e) if e.kind() == io::ErrorKind::WouldBlock => lane.full = true,
+                    // The worker's socket buffer is full: its window is, in effect, until the
+                    // buffer drains.
+                    ChannelError::Io(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        lane.full = true;
+                        self.writability.push((lane.key, true));
+                    }
                     // Gone: its exit takes back what it had.
                     ChannelError::Closed => lane.serving = false,
                     e => {
@@ -422,7 +473,7 @@ impl Dispatcher {
                         lane.retry_at = Some(Instant::now() + delay);
                         lane.next_backoff = (delay * 2).min(MAX_BACKOFF);
                         self.warnings.push(format!(
-                            "sendmsg(SCM_RIGHTS) of {n} connections to worker (key {}): {e}; retrying that worker in {delay:?}",
+                            "handing {n} connections to worker (key {}): {e}; retrying that worker in {delay:?}",
                             lane.key
                         ));
                     }
@@ -547,5 +598,28 @@ mod tests {
         d.resume(0);
         d.push_all([connection()]);
         assert_eq!(received(&mut workers[0]), [2], "sequence numbers go on after a reclaim");
+    }
+
+    #[test]
+    fn a_lane_whose_socket_buffer_fills_is_watched_for_room_not_given_up() {
+        // A window larger than the socket buffer holds (one connection per frame): sends run into
+        // EAGAIN long before the worker's first acknowledgement is due.
+        let (mut d, mut workers) = dispatcher(1, 1024);
+        for _ in 0..600 {
+            d.push_all([connection()]);
+        }
+        assert!(d.queued() > 0, "the lane's buffer filled");
+        assert_eq!(d.take_writability_changes(), [(0, true)], "the primary is asked to watch it for room");
+        let mut got = 0;
+        for _ in 0..10 {
+            got += received(&mut workers[0]).len();
+            d.on_lane_writable(0);
+            if d.queued() == 0 {
+                break;
+            }
+        }
+        got += received(&mut workers[0]).len();
+        assert_eq!(got, 600, "every connection reached the worker");
+        assert!(d.take_writability_changes().contains(&(0, false)));
     }
 }

@@ -95,6 +95,13 @@ pub(crate) trait Distribution: fmt::Debug {
     /// primary to drain (accept what is still queued and hand it on) and close.
     fn release_slot(&mut self, slot: usize) -> Option<Listener>;
 
+    /// The listener [`release_slot`](Self::release_slot) gave for `slot` is closed now, with the
+    /// cluster aiming for `target` slots. Returns a warning if something the mode would do
+    /// cannot be done.
+    fn slot_closed(&mut self, _slot: usize, _target: usize) -> Option<String> {
+        None
+    }
+
     /// The cluster now aims for `target` slots (or a scaled-away slot's listener was just
     /// closed): adjust how new connections are spread. Returns a warning if something the mode
     /// would do cannot be done.

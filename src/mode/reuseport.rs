@@ -109,12 +109,15 @@ impl Distribution for Reuseport {
     }
 
     fn release_slot(&mut self, slot: usize) -> Option<Listener> {
-        let listener = self.listeners.get_mut(slot).and_then(Option::take)?;
-        // The kernel moves the group's last listener into the place of the one that leaves.
+        self.listeners.get_mut(slot).and_then(Option::take)
+    }
+
+    fn slot_closed(&mut self, slot: usize, target: usize) -> Option<String> {
+        // The kernel moves the group's last listener into the place of the one that left.
         if let Some(i) = self.group.iter().position(|&s| s == slot) {
             self.group.swap_remove(i);
         }
-        Some(listener)
+        self.target_changed(target)
     }
 
     fn target_changed(&mut self, target: usize) -> Option<String> {
@@ -142,6 +145,6 @@ impl Distribution for Reuseport {
 
     fn worker_accept(&mut self, slot: usize) -> Option<WorkerAccept> {
         // Level-triggered: nobody else waits on this listener, so there is no herd to avoid.
-        self.release_slot(slot).map(|listener| WorkerAccept { listener, wait: Wait::Level })
+        self.listeners.get_mut(slot).and_then(Option::take).map(|listener| WorkerAccept { listener, wait: Wait::Level })
     }
 }

@@ -41,8 +41,9 @@ pub(super) struct Accepting {
     paused: Option<Pause>,
     /// The set of listeners to watch may have changed: reconcile after this turn.
     pub(super) dirty: bool,
-    /// Listeners of slots scaled away whose draining hit `EMFILE`: drained and closed later.
-    closing: Vec<Listener>,
+    /// Listeners of slots scaled away whose draining hit `EMFILE`, by slot: out of the epoll,
+    /// drained and closed after the back-off.
+    closing: Vec<(usize, Listener)>,
     last_warning: Option<Instant>,
 }
 
@@ -70,12 +71,24 @@ impl Primary {
             };
             let want = self.accepting.paused.is_none() && mode.primary_accepts(id, &slots);
             let have = self.accepting.watched.contains(&id);
-            if want && !have {
-                io.epoll.add(listener, Token::Listener(id).into(), Interest::READABLE)?;
-                self.accepting.watched.insert(id);
+            let result = if want && !have {
+                io.epoll.add(listener, Token::Listener(id).into(), Interest::READABLE).map(|()| {
+                    self.accepting.watched.insert(id);
+                })
             } else if !want && have {
-                io.epoll.delete(listener)?;
-                self.accepting.watched.remove(&id);
+                io.epoll.delete(listener).map(|()| {
+                    self.accepting.watched.remove(&id);
+                })
+            } else {
+                Ok(())
+            };
+            if let Err(e) = result {
+                // Not fatal: the next change of who accepts tries again.
+                self.events.push_back(crate::Event::Warning {
+                    id: None,
+                    pid: None,
+                    message: format!("watching listener {id} for connections: {e}"),
+                });
             }
         }
         Ok(())
@@ -151,17 +164,15 @@ impl Primary {
     /// queued on its listener, hand it on, and close the listener (see `mode::reuseport`).
     pub(super) fn close_slot_listener(&mut self, slot: usize) {
         if let Some(listener) = self.mode.as_mut().and_then(|m| m.release_slot(slot)) {
-            self.accepting.watched.remove(&slot);
-            self.accepting.dirty = true;
-            self.drain_and_close(listener);
-            let target = self.target;
-            if let Some(warning) = self.mode.as_mut().and_then(|m| m.target_changed(target)) {
-                self.warn(warning);
+            if self.accepting.watched.remove(&slot) {
+                let _ = self.io.as_ref().map(|io| io.epoll.delete(&listener));
             }
+            self.accepting.dirty = true;
+            self.drain_and_close(slot, listener);
         }
     }
 
-    fn drain_and_close(&mut self, listener: Listener) {
+    fn drain_and_close(&mut self, slot: usize, listener: Listener) {
         let mut burst = Vec::new();
         loop {
             match accept::accept(&listener) {
@@ -172,18 +183,22 @@ impl Primary {
                     // Out of descriptors: keep it open (connections wait in it) and try again
                     // after the back-off.
                     self.back_off_accepting(&e);
-                    self.accepting.closing.push(listener);
+                    self.accepting.closing.push((slot, listener));
                     self.hand_on(burst);
                     return;
                 }
                 Accepted::Failed(e) => {
-                    self.warn(format!("accept4 while closing a listener: {e}"));
+                    self.warn(format!("accept4 on slot {slot}'s listener before closing it: {e}"));
                     break;
                 }
             }
         }
         self.hand_on(burst);
-        // `listener` closes here.
+        drop(listener);
+        let target = self.target;
+        if let Some(warning) = self.mode.as_mut().and_then(|m| m.slot_closed(slot, target)) {
+            self.warn(warning);
+        }
     }
 
     fn hand_on(&mut self, burst: Vec<OwnedFd>) {
@@ -196,8 +211,8 @@ impl Primary {
     /// The accept back-off ended: resume, and finish closing what could not be drained.
     pub(super) fn accept_backoff_ended(&mut self) {
         self.resume_accepting(Pause::BackOff);
-        for listener in std::mem::take(&mut self.accepting.closing) {
-            self.drain_and_close(listener);
+        for (slot, listener) in std::mem::take(&mut self.accepting.closing) {
+            self.drain_and_close(slot, listener);
         }
     }
 }

@@ -45,7 +45,7 @@ use crate::worker::Worker;
 use crate::{Event, ListenAddr};
 
 use accepting::{Accepting, Pause};
-use outbox::{Outbox, Sent};
+use outbox::{Outbox, Pending};
 use supervise::{Reload, Restarts, Retries};
 use timers::{Alarm, Deadlines};
 
@@ -141,6 +141,10 @@ struct WorkerHandle {
     last_seen: Instant,
     /// The heartbeat (or an overflowing outbox) already declared it hung.
     hung: bool,
+    /// Its control channel is watched for writability (its outbox waits for room).
+    watching_writable: bool,
+    /// Its outbox's send failed for a passing reason: try again then.
+    outbox_retry: Option<Instant>,
 }
 
 impl WorkerHandle {
@@ -375,7 +379,12 @@ impl Primary {
                 }
                 Some(Token::Lane(key)) => {
                     if let Some(d) = &mut self.dispatcher {
-                        d.on_lane_readable(key);
+                        if r.writable {
+                            d.on_lane_writable(key);
+                        }
+                        if r.readable || r.hangup {
+                            d.on_lane_readable(key);
+                        }
                     }
                 }
                 Some(Token::Pidfd(key)) => self.on_pidfd(key),
@@ -394,9 +403,22 @@ impl Primary {
         self.disconnect_all_once_drained();
         self.resume_if_queue_drained();
         self.reconcile_accepting()?;
-        if let Some(d) = &mut self.dispatcher {
+        if let (Some(d), Some(io)) = (&mut self.dispatcher, &self.io) {
             for message in d.take_warnings() {
                 self.events.push_back(Event::Warning { id: None, pid: None, message });
+            }
+            // A lane found full is watched for room; once it has room, no longer.
+            for (key, writable) in d.take_writability_changes() {
+                if let Some(fd) = d.lane_fd(key) {
+                    let interest = Interest { readable: true, writable, ..Interest::default() };
+                    if let Err(e) = io.epoll.modify(fd, Token::Lane(key).into(), interest) {
+                        self.events.push_back(Event::Warning {
+                            id: None,
+                            pid: None,
+                            message: format!("watching worker (key {key})'s lane for room: {e}"),
+                        });
+                    }
+                }
             }
         }
         let next = [
@@ -406,6 +428,7 @@ impl Primary {
             self.deadlines.heartbeat,
             self.retries.next_due(),
             self.dispatcher.as_ref().and_then(Dispatcher::next_deadline),
+            self.workers.values().filter_map(|w| w.outbox_retry).min(),
         ]
         .into_iter()
         .flatten()
@@ -413,8 +436,12 @@ impl Primary {
         if let Some(io) = &mut self.io {
             io.alarm.set(next)?;
         }
-        if self.workers.is_empty() && (self.shutting_down || !self.retries.any()) {
+        if self.workers.is_empty() && (self.shutting_down || !self.retries.any()) && !self.finished {
             self.finished = true;
+            let stranded = self.dispatcher.as_ref().map_or(0, Dispatcher::queued);
+            if stranded > 0 {
+                self.warn(format!("closing {stranded} connections no worker was left to take"));
+            }
         }
         Ok(())
     }
@@ -440,6 +467,11 @@ impl Primary {
         self.retry_due_spawns(now);
         if let Some(d) = &mut self.dispatcher {
             d.on_timer(now);
+        }
+        let due: Vec<u64> =
+            self.workers.iter().filter(|(_, w)| w.outbox_retry.is_some_and(|t| t <= now)).map(|(k, _)| *k).collect();
+        for key in due {
+            self.flush_outbox(key);
         }
     }
 
@@ -484,9 +516,9 @@ impl Primary {
                 libc::SIGINT if self.shutting_down => self.begin_shutdown(signal, false),
                 libc::SIGINT | libc::SIGTERM => self.begin_shutdown(signal, true),
                 libc::SIGQUIT => self.begin_shutdown(signal, false),
-                libc::SIGHUP => self.reload(),
-                libc::SIGTTIN => self.scale(self.target + 1),
-                libc::SIGTTOU => self.scale(self.target.saturating_sub(1).max(1)),
+                libc::SIGHUP => self.start_reload(),
+                libc::SIGTTIN => self.change_scale(self.target + 1),
+                libc::SIGTTOU => self.change_scale(self.target.saturating_sub(1).max(1)),
                 _ => {}
             }
         }
@@ -506,6 +538,13 @@ impl Primary {
             return;
         }
         self.shutting_down = true;
+        // Whatever a reload left out of the rotation takes connections again: the ones queued
+        // in the primary go out before anyone is asked to stop.
+        let serving: Vec<u64> =
+            self.workers.iter().filter(|(_, w)| w.listening && !w.asked_to_exit).map(|(k, _)| *k).collect();
+        for key in serving {
+            self.set_serving(key, true);
+        }
         self.pause_accepting(Pause::Stopped);
         self.deadlines.kill = Some(Instant::now() + self.config.shutdown_timeout);
     }
@@ -531,48 +570,70 @@ impl Primary {
     }
 
     /// Sends on worker `key`'s control channel without ever blocking (see `outbox.rs`). A worker
-    /// whose outbox overflows is not reading: it is killed as hung.
+    /// whose outbox overflows is not reading: it is killed as hung. Returns whether the message
+    /// went out or waits in the outbox.
     fn send_control(&mut self, key: u64, message: Message, fds: &[BorrowedFd<'_>]) -> bool {
         let Some(w) = self.workers.get_mut(&key) else { return false };
-        match w.outbox.send(&w.control, message, fds) {
-            Ok(Sent::Done) => true,
-            Ok(Sent::Waiting) => {
-                let interest = Interest { readable: true, writable: true, ..Interest::default() };
-                let _ = self.io.as_ref().map(|io| io.epoll.modify(&w.control, Token::Control(key).into(), interest));
-                true
-            }
-            Ok(Sent::Closed) => false,
-            Ok(Sent::Overflow) => {
-                let (id, pid, silent_for) = (w.id, w.pid(), w.last_seen.elapsed());
+        let mut warnings = Vec::new();
+        let pending = w.outbox.send(&w.control, message, fds, &mut warnings);
+        let (id, pid) = (w.id, w.pid());
+        for message in warnings {
+            self.events.push_back(Event::Warning { id: Some(id), pid: Some(pid), message });
+        }
+        match pending {
+            Ok(Pending::Overflow) => {
+                let w = self.workers.get_mut(&key).expect("looked up above");
                 if !w.hung {
                     w.hung = true;
                     let _ = w.child.signal(libc::SIGKILL);
-                    self.events.push_back(Event::Unresponsive { id, pid, silent_for });
+                    self.events.push_back(Event::Unresponsive { id, pid, silent_for: w.last_seen.elapsed() });
                 }
                 false
             }
+            Ok(Pending::Closed) => false,
+            Ok(pending) => {
+                self.outbox_pending(key, pending);
+                true
+            }
             Err(e) => {
-                let (id, pid) = (w.id, w.pid());
                 self.events.push_back(Event::Warning { id: Some(id), pid: Some(pid), message: e.to_string() });
                 false
             }
         }
     }
 
-    /// Worker `key`'s control channel is writable: send what waits in its outbox.
+    /// Acts on what worker `key`'s outbox still waits for: room in the channel (watch it for
+    /// writability), or the end of a back-off (the alarm).
+    fn outbox_pending(&mut self, key: u64, pending: Pending) {
+        let Some(w) = self.workers.get_mut(&key) else { return };
+        let want_writable = pending == Pending::Writable;
+        if let Pending::RetryAt(at) = pending {
+            w.outbox_retry = Some(at);
+        }
+        if want_writable != w.watching_writable {
+            let interest = Interest { readable: true, writable: want_writable, ..Interest::default() };
+            if let Some(io) = &self.io {
+                if io.epoll.modify(&w.control, Token::Control(key).into(), interest).is_ok() {
+                    w.watching_writable = want_writable;
+                }
+            }
+        }
+    }
+
+    /// Worker `key`'s control channel is writable, or its outbox's back-off ended: send what
+    /// waits.
     fn flush_outbox(&mut self, key: u64) {
         let Some(w) = self.workers.get_mut(&key) else { return };
-        match w.outbox.flush(&w.control) {
-            Ok(true) => {
-                let _ = self
-                    .io
-                    .as_ref()
-                    .map(|io| io.epoll.modify(&w.control, Token::Control(key).into(), Interest::READABLE));
-            }
-            Ok(false) => {}
-            // Closed: the exit handling follows.
-            Err(_) => {}
+        w.outbox_retry = None;
+        let mut warnings = Vec::new();
+        let pending = w.outbox.flush(&w.control, &mut warnings);
+        let (id, pid) = (w.id, w.pid());
+        for message in warnings {
+            self.events.push_back(Event::Warning { id: Some(id), pid: Some(pid), message });
         }
+        // Closed: the exit handling follows; stop watching for room either way.
+        let pending = if pending == Pending::Closed { Pending::Nothing } else { pending };
+        self.outbox_pending(key, pending);
     }
 
     fn kill_all(&mut self, signal: i32) {

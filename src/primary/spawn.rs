@@ -73,6 +73,8 @@ impl Primary {
                     asked_to_exit: false,
                     last_seen: Instant::now(),
                     hung: false,
+                    watching_writable: false,
+                    outbox_retry: None,
                 };
                 self.events.push_back(Event::Fork { id: slot, pid: handle.pid() });
                 self.workers.insert(key, handle);
@@ -107,6 +109,7 @@ impl Primary {
         self.io = None;
         self.workers.clear();
         self.dispatcher = None;
+        self.accepting = super::accepting::Accepting::new();
         self.events.clear();
         self.reload = None;
         let accept = self.mode.as_mut().and_then(|m| m.worker_accept(slot));
@@ -138,7 +141,10 @@ impl Primary {
             lane.map(|l| (l, window)),
             self.counters.clone(),
         ) {
-            Ok(w) => w,
+            Ok(w) => {
+                drop(control_copy);
+                w
+            }
             Err(e) => {
                 if let Some(c) = &control_copy {
                     report(c, format!("setting up: {e}"));

@@ -162,22 +162,25 @@ impl Primary {
             self.gave_up = true;
             self.events.push_back(Event::GaveUp { restarts: self.restarts.times.len(), within: self.restarts.window });
             self.begin_shutdown(0, true);
-            return;
         }
-        if let Some(reload) = &mut self.reload {
-            if reload.waiting.get(&w.id) == Some(&key) {
+        let failed_reload = self.reload.as_mut().is_some_and(|reload| {
+            let waited = reload.waiting.get(&w.id) == Some(&key);
+            if waited {
                 reload.waiting.remove(&w.id);
                 reload.failures.push(format!(
                     "worker {} (pid {}) exited with {status} before listening",
                     w.id,
                     w.pid()
                 ));
-                self.reload_slot_failed(w.id);
-                self.finish_reload_if_done();
-                return;
             }
+            waited
+        });
+        if failed_reload {
+            self.reload_slot_failed(w.id);
+            self.finish_reload_if_done();
+        } else {
+            self.refill(w.id);
         }
-        self.refill(w.id);
         if w.id >= self.target && !self.workers.values().any(|o| o.id == w.id) {
             self.close_slot_listener(w.id);
         }
@@ -237,7 +240,16 @@ impl Primary {
 
     /// Starts a rolling reload, as SIGHUP does: a new generation for every slot. A reload while
     /// another runs, or during a shutdown, is ignored (with a warning event).
-    pub fn reload(&mut self) {
+    ///
+    /// # Errors
+    /// Only what leaves the primary unable to go on (its timer failing); a fork that fails is
+    /// an [`Event::SpawnFailed`] and fails that slot's reload.
+    pub fn reload(&mut self) -> std::io::Result<()> {
+        self.start_reload();
+        self.after_turn()
+    }
+
+    pub(super) fn start_reload(&mut self) {
         if self.shutting_down || self.reload.is_some() {
             let why = if self.shutting_down { "shutting down" } else { "a reload is already running" };
             self.warn(format!("reload ignored: {why}"));
@@ -321,9 +333,18 @@ impl Primary {
         self.events.push_back(Event::Reload { generation: reload.generation, phase });
     }
 
-    /// Aims for `workers` worker slots (clamped to 1..=[`MAX_WORKERS`]): forks the missing
-    /// ones, or drains the extra ones (the highest slots first). Ignored during a shutdown.
-    pub fn scale(&mut self, workers: usize) {
+    /// Aims for `workers` worker slots (clamped to 1..=[`MAX_WORKERS`]), as SIGTTIN and
+    /// SIGTTOU do one at a time: forks the missing ones, or drains the extra ones (the highest
+    /// slots first). Ignored during a shutdown.
+    ///
+    /// # Errors
+    /// As [`reload`](Self::reload).
+    pub fn scale(&mut self, workers: usize) -> std::io::Result<()> {
+        self.change_scale(workers);
+        self.after_turn()
+    }
+
+    pub(super) fn change_scale(&mut self, workers: usize) {
         let workers = workers.clamp(1, MAX_WORKERS);
         if self.shutting_down || workers == self.target {
             return;
@@ -336,6 +357,10 @@ impl Primary {
         }
         for slot in workers..old {
             self.retries.due.remove(&slot);
+            // A reload's new worker for a slot scaled away is not a failure of the reload.
+            if let Some(reload) = &mut self.reload {
+                reload.waiting.remove(&slot);
+            }
             let keys: Vec<u64> = self.workers.iter().filter(|(_, w)| w.id == slot).map(|(k, _)| *k).collect();
             if keys.is_empty() {
                 self.close_slot_listener(slot);
@@ -350,6 +375,7 @@ impl Primary {
             self.spawn_or_retry(slot, generation);
         }
         self.accepting.dirty = true;
+        self.finish_reload_if_done();
     }
 
     /// The heartbeat timer fired: ping everyone, kill whoever has been silent too long.

@@ -62,6 +62,9 @@ pub struct Ready {
     pub hangup: bool,
 }
 
+/// The most events one [`Epoll::wait`] reports.
+pub const MAX_EVENTS: usize = 64;
+
 /// An epoll instance, created with `EPOLL_CLOEXEC`.
 #[derive(Debug)]
 pub struct Epoll {
@@ -103,8 +106,8 @@ impl Epoll {
     /// [`epoll_wait(2)`]: https://man7.org/linux/man-pages/man2/epoll_wait.2.html
     pub fn wait(&self, out: &mut Vec<Ready>, timeout: Option<Duration>) -> io::Result<usize> {
         let timeout = timeout.map(super::timespec);
-        let mut events: [epoll::Event; 64] =
-            [epoll::Event { flags: epoll::EventFlags::empty(), data: epoll::EventData::new_u64(0) }; 64];
+        let mut events: [epoll::Event; MAX_EVENTS] =
+            [epoll::Event { flags: epoll::EventFlags::empty(), data: epoll::EventData::new_u64(0) }; MAX_EVENTS];
         out.clear();
         let n = loop {
             match epoll::wait(&self.fd, &mut events[..], timeout.as_ref()) {

@@ -48,7 +48,7 @@ use crate::channel::{self, Channel, Message};
 use crate::listener::StreamKind;
 use crate::stats::Counters;
 use crate::stream::Stream;
-use crate::sys::epoll::{Epoll, Interest, Ready};
+use crate::sys::epoll::{Epoll, Interest, MAX_EVENTS, Ready};
 use crate::sys::timerfd::Timer;
 
 /// Tokens at or above this value are herd's own; [`Worker::register`] refuses them.
@@ -63,6 +63,11 @@ const TOKEN_LANE: u64 = u64::MAX - 4;
 /// the shortage lasts, up to [`MAX_LANE_BACKOFF`].
 const LANE_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_LANE_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How long a worker waits for `Reclaimed` before it asks again.
+const RECLAIM_WAIT: Duration = Duration::from_secs(1);
+/// How soon a `Resume` the control channel could not take is tried again.
+const RESUME_RETRY: Duration = Duration::from_millis(100);
 
 /// At most this many warnings a second go to the primary; the rest are counted.
 const WARNINGS_PER_SECOND: u32 = 10;
@@ -102,9 +107,10 @@ enum Accepting {
 enum LaneState {
     /// Watched and read.
     Reading,
-    /// Out of descriptors: not watched, `Pressure` sent. `reclaimed` once the primary answered
-    /// that it took the lane back; `Resume` goes out when that and the back-off are both done.
-    Pressured { reclaimed: bool, resume_at: Instant },
+    /// Out of descriptors: not watched, `Pressure` sent at `asked_at` (again after
+    /// [`RECLAIM_WAIT`] without an answer). `reclaimed` once the primary answered that it took the
+    /// lane back; `Resume` goes out when that and the back-off are both done.
+    Pressured { reclaimed: bool, resume_at: Instant, asked_at: Instant },
     /// The primary closed it.
     Closed,
 }
@@ -158,6 +164,8 @@ pub struct Worker {
     lane: Option<LaneReader>,
     lane_state: LaneState,
     lane_backoff: Duration,
+    /// A `Resume` the control channel did not take yet: tried again at this time.
+    resume_owed: Option<Instant>,
     counters: Counters,
     events: VecDeque<WorkerEvent>,
     messages: VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
@@ -225,6 +233,7 @@ impl Worker {
             lane,
             lane_state: LaneState::Reading,
             lane_backoff: LANE_BACKOFF,
+            resume_owed: None,
             counters,
             events: VecDeque::new(),
             messages: VecDeque::new(),
@@ -354,7 +363,10 @@ impl Worker {
             if std::mem::take(&mut self.polled) {
                 return Ok(None);
             }
-            if self.epoll_wait(Some(Duration::ZERO))? == 0 {
+            // Nothing of herd's in a wait that did not fill its buffer: nothing is ready. (A
+            // full buffer of the user's own readiness may hide herd's: look again.)
+            let (ours, all) = self.epoll_wait(Some(Duration::ZERO))?;
+            if ours == 0 && all < MAX_EVENTS {
                 return Ok(None);
             }
         }

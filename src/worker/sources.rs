@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::lane::Read;
 use super::{
-    Accepting, LANE_BACKOFF, LaneState, MAX_LANE_BACKOFF, State, TOKEN_ACCEPT_THREAD, TOKEN_CONTROL, TOKEN_LANE,
-    TOKEN_LISTENER, TOKEN_TIMER, WARNINGS_PER_SECOND, Worker, WorkerEvent,
+    Accepting, LANE_BACKOFF, LaneState, MAX_LANE_BACKOFF, RECLAIM_WAIT, RESUME_RETRY, State, TOKEN_ACCEPT_THREAD,
+    TOKEN_CONTROL, TOKEN_LANE, TOKEN_LISTENER, TOKEN_TIMER, WARNINGS_PER_SECOND, Worker, WorkerEvent,
 };
 use crate::accept::{self, Accepted};
 use crate::channel::{ChannelError, Message};
@@ -21,8 +21,8 @@ impl Worker {
     /// One `epoll_wait`: herd's readiness becomes pending work, the user's is kept (merged per
     /// token, so that waits the user does not collect cannot pile it up). Returns how many of
     /// herd's own sources were ready.
-    pub(super) fn epoll_wait(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
-        self.epoll.wait(&mut self.scratch, timeout)?;
+    pub(super) fn epoll_wait(&mut self, timeout: Option<Duration>) -> io::Result<(usize, usize)> {
+        let all = self.epoll.wait(&mut self.scratch, timeout)?;
         self.polled = false;
         let mut ours = 0;
         for ready in &self.scratch {
@@ -50,7 +50,7 @@ impl Worker {
             }
             ours += 1;
         }
-        Ok(ours)
+        Ok((ours, all))
     }
 
     /// Acts on the flags the last `epoll_wait` set, turning readiness into events.
@@ -149,8 +149,9 @@ impl Worker {
             Read::OutOfDescriptors => {
                 // Stop reading and let the primary take the lane back; see `mode::handoff`.
                 self.epoll.delete(lane)?;
-                let resume_at = Instant::now() + self.lane_backoff;
-                self.lane_state = LaneState::Pressured { reclaimed: false, resume_at };
+                let now = Instant::now();
+                let resume_at = now + self.lane_backoff;
+                self.lane_state = LaneState::Pressured { reclaimed: false, resume_at, asked_at: now };
                 // Installing a received descriptor fails only on this process's own limit.
                 self.warnings.queue.push(format!(
                     "recvmsg(SCM_RIGHTS) on the lane: {}; handing the lane back to the primary for {:?}",
@@ -158,10 +159,8 @@ impl Worker {
                     self.lane_backoff
                 ));
                 self.lane_backoff = (self.lane_backoff * 2).min(MAX_LANE_BACKOFF);
-                if self.control.try_send(&Message::Pressure, &[]).is_err() {
-                    // The primary cannot hear us: nobody will take the lane back; just wait.
-                    self.lane_state = LaneState::Pressured { reclaimed: true, resume_at };
-                }
+                // If the channel cannot take it now, the timer asks again after RECLAIM_WAIT.
+                let _ = self.control.try_send(&Message::Pressure, &[]);
                 self.arm_timer()?;
             }
         }
@@ -174,7 +173,8 @@ impl Worker {
         Ok(())
     }
 
-    /// A back-off ended: watch the listener again, or give the lane a new try.
+    /// A back-off ended: watch the listener again, give the lane a new try, ask again for a
+    /// lane to be taken back, or say `Resume` again.
     pub(super) fn on_timer(&mut self) -> io::Result<()> {
         self.timer.clear();
         let now = Instant::now();
@@ -184,30 +184,51 @@ impl Worker {
                 watch.arm(&self.epoll)?;
             }
         }
-        if let LaneState::Pressured { reclaimed: true, resume_at } = self.lane_state {
-            if resume_at <= now {
-                self.resume_lane()?;
+        match self.lane_state {
+            LaneState::Pressured { reclaimed: true, resume_at, .. } if resume_at <= now => self.resume_lane()?,
+            LaneState::Pressured { reclaimed: false, resume_at, asked_at } if asked_at + RECLAIM_WAIT <= now => {
+                let _ = self.control.try_send(&Message::Pressure, &[]);
+                self.lane_state = LaneState::Pressured { reclaimed: false, resume_at, asked_at: now };
             }
+            _ => {}
+        }
+        if self.resume_owed.is_some_and(|t| t <= now) {
+            self.say_resume();
         }
         self.arm_timer()
     }
 
     pub(super) fn resume_lane(&mut self) -> io::Result<()> {
         let Some(lane) = &self.lane else { return Ok(()) };
+        if self.state != State::Running {
+            // Stopping: the lane was taken back, and nothing more comes to it.
+            self.lane_state = LaneState::Closed;
+            return self.check_stopped();
+        }
         self.lane_state = LaneState::Reading;
         self.epoll.add(lane, TOKEN_LANE, Interest::READABLE)?;
-        let _ = self.control.try_send(&Message::Resume, &[]);
+        self.say_resume();
         self.pending.lane = true;
         Ok(())
+    }
+
+    /// Tells the primary the lane may be used again; if the control channel cannot take it
+    /// now, the timer tries again.
+    fn say_resume(&mut self) {
+        self.resume_owed = match self.control.try_send(&Message::Resume, &[]) {
+            Ok(()) | Err(ChannelError::Closed) => None,
+            Err(_) => Some(Instant::now() + RESUME_RETRY),
+        };
     }
 
     /// Arms the timer for the earliest back-off still running.
     pub(super) fn arm_timer(&mut self) -> io::Result<()> {
         let lane = match self.lane_state {
-            LaneState::Pressured { reclaimed: true, resume_at } => Some(resume_at),
+            LaneState::Pressured { reclaimed: true, resume_at, .. } => Some(resume_at),
+            LaneState::Pressured { reclaimed: false, asked_at, .. } => Some(asked_at + RECLAIM_WAIT),
             _ => None,
         };
-        match [self.accept_resume_at, lane].into_iter().flatten().min() {
+        match [self.accept_resume_at, lane, self.resume_owed].into_iter().flatten().min() {
             Some(at) => self.timer.arm(at.saturating_duration_since(Instant::now())),
             None => self.timer.disarm(),
         }
@@ -243,8 +264,8 @@ impl Worker {
 
     /// The primary took back everything queued in the lane.
     pub(super) fn lane_reclaimed(&mut self) -> io::Result<()> {
-        if let LaneState::Pressured { resume_at, .. } = self.lane_state {
-            self.lane_state = LaneState::Pressured { reclaimed: true, resume_at };
+        if let LaneState::Pressured { resume_at, asked_at, .. } = self.lane_state {
+            self.lane_state = LaneState::Pressured { reclaimed: true, resume_at, asked_at };
             if self.state == State::Stopping {
                 return self.check_stopped();
             }
@@ -302,6 +323,13 @@ impl Worker {
                 LaneState::Pressured { reclaimed: false, .. } => return Ok(()),
                 LaneState::Pressured { reclaimed: true, .. } | LaneState::Closed => {}
             }
+        }
+        // Nothing more is read from the lane: whatever still reaches it (handoffs the primary sent
+        // before it heard this worker was leaving) the primary takes back, now.
+        if let (Some(lane), LaneState::Reading) = (&self.lane, self.lane_state) {
+            self.epoll.delete(lane)?;
+            let _ = self.control.try_send(&Message::Pressure, &[]);
+            self.lane_state = LaneState::Closed;
         }
         self.state = State::Stopped;
         self.events.push_back(WorkerEvent::Stop);
