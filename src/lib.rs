@@ -36,24 +36,71 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! ## In a tokio worker
+//!
+//! In shared (epoll strategies) and reuseport mode a worker can take its listener out of herd's
+//! loop and accept on it from its own runtime; herd's counters go on counting. The worker's own
+//! descriptor (readable whenever [`Worker::try_event`] has something: a stop request, a message,
+//! a connection handed over) goes in the same loop. `examples/tokio.rs` is a whole server.
+//!
+//! ```ignore
+//! let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+//! runtime.block_on(async {
+//!     let listener = AsyncFd::new(worker.into_listener()?)?;      // herd::WorkerListener
+//!     worker.ready();                                             // Node's `listening`
+//!     loop {
+//!         let mut guard = listener.readable().await?;
+//!         if let Ok(stream) = guard.try_io(|l| l.get_ref().accept()) {
+//!             let tcp = tokio::net::TcpStream::from_std(stream?.into_tcp().unwrap())?;
+//!             // serve it...
+//!         }
+//!     }
+//! })
+//! ```
+//!
+//! ## The primary in another event loop
+//!
+//! [`Primary`] is a descriptor too ([`AsFd`](std::os::fd::AsFd)): poll it, drain
+//! [`Primary::try_event`] when it is readable, and drive the cluster from code instead of
+//! signals ([`Builder::handle_signals`]). `examples/embedded.rs` does it from tokio.
+//!
+//! ```no_run
+//! # fn main() -> std::io::Result<()> {
+//! use std::os::fd::AsFd;
+//!
+//! let cluster = herd::Cluster::builder("127.0.0.1:0".parse().unwrap()).handle_signals(false).bind()?;
+//! let mut primary = cluster.start(|worker| {
+//!     for stream in worker.incoming() { drop(stream?); }
+//!     Ok(())
+//! })?;
+//! let fd = primary.as_fd();   // register it in your loop; when it is readable:
+//! # let _ = fd;
+//! while let Some(event) = primary.try_event()? {
+//!     println!("{event}");
+//! }
+//! primary.reload()?;           // what SIGHUP does
+//! primary.scale(8)?;           // what SIGTTIN does, eight times over
+//! primary.shutdown(true)?;     // what SIGTERM does
+//! # Ok(()) }
+//! ```
+//!
 //! ## How it is put together
 //!
-//! - [`sys`] — the only place with system calls and `unsafe`: `fork` with
-//!   `PR_SET_PDEATHSIG`, `socketpair`, `sendmsg`/`recvmsg` with `SCM_RIGHTS`, epoll, signalfd,
-//!   timerfd, eventfd and a `MAP_SHARED` region. Every descriptor is close-on-exec from birth.
-//! - [`channel`] — framed messages with attached descriptors between primary and worker.
-//! - [`mode`] — one module per distribution mode; [`accept`] — the accept loops and their
-//!   error table.
-//! - [`Cluster`] binds and forks; [`Primary`] is the primary's event loop, reporting [`Event`]s
-//!   like Node's `cluster`; [`Worker`] is what the worker function receives.
-//! - [`stats`] — exact per-worker counters in shared memory, readable at any time.
+//! `docs/architecture.md` draws the layers. In short: one internal layer does every system
+//! call and holds every `unsafe` block; [`channel`] frames messages with attached descriptors
+//! between primary and worker (public as a teaching API); [`mode`] has one file per
+//! distribution mode; [`Cluster`] binds and forks; [`Primary`] is the primary's event loop,
+//! reporting [`Event`]s like Node's `cluster`; [`Worker`] is what the worker function receives;
+//! [`stats`] holds exact per-worker counters in shared memory, readable at any time. The
+//! library never prints: warnings are events too.
 //!
 //! ## Fork safety
 //!
-//! herd forks with a raw `fork(2)`, so the primary must be single-threaded when it starts the
-//! cluster: a child of a multi-threaded process inherits locks held by threads that do not exist
-//! in it. [`Cluster::start`] checks `/proc/self/task` and refuses otherwise. Workers may start
-//! threads freely.
+//! herd forks with a raw `fork(2)`, so the primary must be single-threaded when it forks: a
+//! child of a multi-threaded process inherits locks held by threads that do not exist in it.
+//! herd checks `/proc/self/task` before every fork — threads the kernel owns (io_uring's
+//! workers) do not count — and treats a refusal like any failed fork: reported, retried. See
+//! [`Builder::allow_threads`] for the way through. Workers may start threads freely.
 //!
 //! ## Portability
 //!

@@ -1,6 +1,6 @@
 //! Exact counters, kept in memory shared by the primary and every worker.
 //!
-//! The region ([`crate::sys::shm`]) is mapped before the first `fork`, so all processes see it.
+//! The region (a `MAP_SHARED` mapping) is mapped before the first `fork`, so all processes see it.
 //! Each worker slot owns one cache line of atomics and only that worker writes it (relaxed
 //! increments, no system call, no false sharing); the primary owns one more line. Anyone may
 //! read any line at any time without asking over the channel — that is how `herd serve` prints

@@ -49,7 +49,7 @@ impl Interest {
     }
 }
 
-/// One readiness report from [`Epoll::wait`].
+/// One readiness report: from [`crate::Worker::poll`], for the user's descriptors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ready {
     /// The token the descriptor was registered with.
