@@ -19,7 +19,7 @@
 //! cargo bench --bench matrix                          # 3 full runs
 //! cargo bench --bench matrix -- --quick --repeat 5    # 5 quick runs
 //! cargo bench --bench matrix -- --workers 8 --rows handoff,reuseport --loads light
-//! cargo bench --bench matrix -- --self-test           # check the parser and the statistics
+//! cargo bench --bench matrix -- --self-test           # check the statistics and the table
 //! ```
 //!
 //! `--quick` (or `HERD_BENCH_QUICK=1`), `--workers N`, `--rows LIST`, `--loads LIST`,
@@ -29,9 +29,7 @@
 //! past it the run's whole process tree is stopped (SIGTERM, then SIGKILL) and the run counts as
 //! failed. Other arguments (cargo passes `--bench`) are ignored.
 //!
-//! The JSON is read by a small parser for flat objects (strings, numbers, booleans, null and
-//! arrays of numbers; nested values are skipped), so the bench needs no JSON crate. With
-//! `harness = false`, `#[test]` functions are never compiled, so the checks are ordinary
+//! With `harness = false`, `#[test]` functions are never compiled, so the checks are ordinary
 //! functions in [`self_test`], run by `--self-test` and whenever the bench runs without
 //! `--bench` — which is how `cargo test --all-targets` runs it.
 
@@ -43,264 +41,17 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
+use serde_json::{Map, Value};
 
-/// One JSON value of a flat object.
-#[derive(Debug, Clone, PartialEq)]
-enum Value {
-    Str(String),
-    Num(f64),
-    Bool(bool),
-    Null,
-    /// An array of numbers.
-    Nums(Vec<f64>),
-    /// A nested object, or an array holding anything but numbers: checked, then skipped.
-    Nested,
-}
+/// One result line of `herd bench --json`.
+type Object = Map<String, Value>;
 
-impl Value {
-    fn num(&self) -> Option<f64> {
-        match self {
-            Value::Num(x) => Some(*x),
-            _ => None,
-        }
-    }
-
-    /// The value as a table cell: strings bare, null as `-`.
-    fn label(&self) -> String {
-        match self {
-            Value::Str(s) => s.clone(),
-            Value::Num(x) => x.to_string(),
-            Value::Bool(b) => b.to_string(),
-            Value::Null => "-".to_owned(),
-            Value::Nums(_) | Value::Nested => "?".to_owned(),
-        }
-    }
-}
-
-/// A parsed object: its members in order.
-type Object = Vec<(String, Value)>;
-
-fn get<'a>(object: &'a Object, key: &str) -> Option<&'a Value> {
-    // A repeated key: the last one wins, as in most JSON readers.
-    object.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v)
-}
-
-/// Parses one JSON object (one line of `herd bench --json`).
-fn parse_object(text: &str) -> Result<Object, String> {
-    let mut p = Parser { s: text.as_bytes(), pos: 0 };
-    p.ws();
-    p.expect(b'{')?;
-    let mut members = Vec::new();
-    p.ws();
-    if !p.eat(b'}') {
-        loop {
-            p.ws();
-            let key = p.string()?;
-            p.ws();
-            p.expect(b':')?;
-            p.ws();
-            members.push((key, p.value(0)?));
-            p.ws();
-            if p.eat(b'}') {
-                break;
-            }
-            p.expect(b',')?;
-        }
-    }
-    p.ws();
-    if p.pos != p.s.len() {
-        return Err(p.error("content after the object"));
-    }
-    Ok(members)
-}
-
-struct Parser<'a> {
-    s: &'a [u8],
-    pos: usize,
-}
-
-impl Parser<'_> {
-    fn error(&self, what: &str) -> String {
-        format!("JSON: {what} at byte {}", self.pos)
-    }
-
-    fn peek(&self) -> Option<u8> {
-        self.s.get(self.pos).copied()
-    }
-
-    fn ws(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-            self.pos += 1;
-        }
-    }
-
-    fn eat(&mut self, b: u8) -> bool {
-        let hit = self.peek() == Some(b);
-        self.pos += hit as usize;
-        hit
-    }
-
-    fn expect(&mut self, b: u8) -> Result<(), String> {
-        if self.eat(b) { Ok(()) } else { Err(self.error(&format!("expected '{}'", b as char))) }
-    }
-
-    fn literal(&mut self, word: &str, value: Value) -> Result<Value, String> {
-        if self.s[self.pos..].starts_with(word.as_bytes()) {
-            self.pos += word.len();
-            Ok(value)
-        } else {
-            Err(self.error("unknown literal"))
-        }
-    }
-
-    /// A value; `depth` counts the objects and arrays around it (flat objects are depth 0).
-    fn value(&mut self, depth: usize) -> Result<Value, String> {
-        if depth > 64 {
-            return Err(self.error("nested too deeply"));
-        }
-        match self.peek() {
-            Some(b'"') => Ok(Value::Str(self.string()?)),
-            Some(b'-' | b'0'..=b'9') => Ok(Value::Num(self.number()?)),
-            Some(b't') => self.literal("true", Value::Bool(true)),
-            Some(b'f') => self.literal("false", Value::Bool(false)),
-            Some(b'n') => self.literal("null", Value::Null),
-            Some(b'[') => self.array(depth),
-            Some(b'{') => {
-                self.pos += 1;
-                self.ws();
-                if !self.eat(b'}') {
-                    loop {
-                        self.ws();
-                        self.string()?;
-                        self.ws();
-                        self.expect(b':')?;
-                        self.ws();
-                        self.value(depth + 1)?;
-                        self.ws();
-                        if self.eat(b'}') {
-                            break;
-                        }
-                        self.expect(b',')?;
-                    }
-                }
-                Ok(Value::Nested)
-            }
-            _ => Err(self.error("expected a value")),
-        }
-    }
-
-    fn array(&mut self, depth: usize) -> Result<Value, String> {
-        self.expect(b'[')?;
-        let mut nums = Some(Vec::new());
-        self.ws();
-        if !self.eat(b']') {
-            loop {
-                self.ws();
-                match self.value(depth + 1)? {
-                    Value::Num(x) => nums.iter_mut().for_each(|v| v.push(x)),
-                    _ => nums = None,
-                }
-                self.ws();
-                if self.eat(b']') {
-                    break;
-                }
-                self.expect(b',')?;
-            }
-        }
-        Ok(nums.map_or(Value::Nested, Value::Nums))
-    }
-
-    /// A number, by JSON's grammar: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
-    fn number(&mut self) -> Result<f64, String> {
-        let start = self.pos;
-        self.eat(b'-');
-        let digits = |p: &mut Self| {
-            let from = p.pos;
-            while matches!(p.peek(), Some(b'0'..=b'9')) {
-                p.pos += 1;
-            }
-            p.pos - from
-        };
-        match self.peek() {
-            Some(b'0') => self.pos += 1,
-            Some(b'1'..=b'9') => {
-                digits(self);
-            }
-            _ => return Err(self.error("expected a digit")),
-        }
-        if self.eat(b'.') && digits(self) == 0 {
-            return Err(self.error("expected a digit after '.'"));
-        }
-        if matches!(self.peek(), Some(b'e' | b'E')) {
-            self.pos += 1;
-            if !self.eat(b'+') {
-                self.eat(b'-');
-            }
-            if digits(self) == 0 {
-                return Err(self.error("expected an exponent"));
-            }
-        }
-        let text = std::str::from_utf8(&self.s[start..self.pos]).expect("ASCII");
-        text.parse().map_err(|_| self.error("bad number"))
-    }
-
-    fn string(&mut self) -> Result<String, String> {
-        self.expect(b'"')?;
-        let mut out = Vec::new();
-        loop {
-            let Some(b) = self.peek() else { return Err(self.error("unterminated string")) };
-            self.pos += 1;
-            match b {
-                b'"' => break,
-                b'\\' => {
-                    let Some(e) = self.peek() else { return Err(self.error("unterminated string")) };
-                    self.pos += 1;
-                    let c = match e {
-                        b'"' => '"',
-                        b'\\' => '\\',
-                        b'/' => '/',
-                        b'b' => '\u{8}',
-                        b'f' => '\u{c}',
-                        b'n' => '\n',
-                        b'r' => '\r',
-                        b't' => '\t',
-                        b'u' => self.unicode_escape()?,
-                        _ => return Err(self.error("bad escape")),
-                    };
-                    out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
-                }
-                0..0x20 => return Err(self.error("control character in string")),
-                // Any other byte, multi-byte UTF-8 included, is copied: the input is a `str`.
-                _ => out.push(b),
-            }
-        }
-        String::from_utf8(out).map_err(|_| self.error("invalid UTF-8"))
-    }
-
-    /// The `XXXX` of `\uXXXX`, and a second `\uXXXX` when the first is a high surrogate.
-    fn unicode_escape(&mut self) -> Result<char, String> {
-        let hi = self.hex4()?;
-        let code = if (0xD800..0xDC00).contains(&hi) {
-            if !(self.eat(b'\\') && self.eat(b'u')) {
-                return Err(self.error("lone surrogate"));
-            }
-            let lo = self.hex4()?;
-            if !(0xDC00..0xE000).contains(&lo) {
-                return Err(self.error("lone surrogate"));
-            }
-            0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
-        } else {
-            hi
-        };
-        char::from_u32(code).ok_or_else(|| self.error("lone surrogate"))
-    }
-
-    fn hex4(&mut self) -> Result<u32, String> {
-        let hex = self.s.get(self.pos..self.pos + 4).ok_or_else(|| self.error("short \\u escape"))?;
-        let text = std::str::from_utf8(hex).map_err(|_| self.error("bad \\u escape"))?;
-        let code = u32::from_str_radix(text, 16).map_err(|_| self.error("bad \\u escape"))?;
-        self.pos += 4;
-        Ok(code)
+/// A value as a table cell: strings bare, null as `-`.
+fn label(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
     }
 }
 
@@ -355,8 +106,8 @@ impl Groups {
     /// Adds one result line; returns the expected keys it lacks (it is added anyway, if it has
     /// a mode and a load).
     fn add(&mut self, object: Object) -> Result<Vec<&'static str>, String> {
-        let missing: Vec<&str> = KEYS.into_iter().filter(|k| get(&object, k).is_none()).collect();
-        let label = |k| get(&object, k).map(Value::label);
+        let missing: Vec<&str> = KEYS.into_iter().filter(|k| !object.contains_key(*k)).collect();
+        let label = |k| object.get(k).map(label);
         let (Some(mode), Some(load)) = (label("mode"), label("load")) else {
             return Err("a line without \"mode\" or \"load\"".to_owned());
         };
@@ -370,7 +121,7 @@ impl Groups {
 
     /// The numbers one key takes over a group's runs (nulls and missing keys left out).
     fn column(runs: &[Object], key: &str) -> Vec<f64> {
-        runs.iter().filter_map(|o| get(o, key).and_then(Value::num)).collect()
+        runs.iter().filter_map(|o| o.get(key).and_then(Value::as_f64)).collect()
     }
 
     fn table(&self) -> String {
@@ -443,9 +194,9 @@ fn cell(x: Option<f64>, decimals: usize) -> String {
 /// What went wrong in one cell, as herd bench reports it: its `error`, or counts that disagree
 /// (`"consistent": false`).
 fn problem(object: &Object) -> Option<String> {
-    let cell = ["mode", "accept", "load"].map(|k| get(object, k).map_or("-".to_owned(), Value::label)).join(" ");
-    match (get(object, "error"), get(object, "consistent")) {
-        (Some(Value::Str(e)), _) => Some(format!("{cell}: {e}")),
+    let cell = ["mode", "accept", "load"].map(|k| object.get(k).map_or("-".to_owned(), label)).join(" ");
+    match (object.get("error"), object.get("consistent")) {
+        (Some(Value::String(e)), _) => Some(format!("{cell}: {e}")),
         (_, Some(Value::Bool(false))) => Some(format!("{cell}: inconsistent counts (server accepts != requests)")),
         _ => None,
     }
@@ -487,7 +238,7 @@ fn run_bench(args: &[String], timeout: Duration) -> Result<RunOutput, String> {
     loop {
         if stdout_open {
             match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(Ok(line)) if line.trim_start().starts_with('{') => match parse_object(&line) {
+                Ok(Ok(line)) if line.trim_start().starts_with('{') => match serde_json::from_str(&line) {
                     Ok(object) => objects.push(object),
                     Err(e) => eprintln!("matrix: skipping a line of herd bench: {e}: {line}"),
                 },
@@ -701,70 +452,8 @@ mod self_test {
 
     /// Runs every check; returns the table made from the fake sample, to look at.
     pub fn run() -> String {
-        parses_a_flat_object();
-        parses_escapes_and_skips_nested_values();
-        rejects_malformed_json();
         computes_median_and_spread();
         groups_runs_and_prints_a_table()
-    }
-
-    fn parses_a_flat_object() {
-        let o = parse_object(
-            r#" {"mode":"shared","accept":null,"load":"light","rps":1234.5,"p99_us":-2e3,"ok":true,"no":false,"per_worker":[1, 2.5 ,-3e-1],"empty":[]} "#,
-        )
-        .unwrap();
-        assert_eq!(get(&o, "mode"), Some(&Value::Str("shared".into())));
-        assert_eq!(get(&o, "accept"), Some(&Value::Null));
-        assert_eq!(get(&o, "rps"), Some(&Value::Num(1234.5)));
-        assert_eq!(get(&o, "p99_us"), Some(&Value::Num(-2000.0)));
-        assert_eq!(get(&o, "ok"), Some(&Value::Bool(true)));
-        assert_eq!(get(&o, "no"), Some(&Value::Bool(false)));
-        assert_eq!(get(&o, "per_worker"), Some(&Value::Nums(vec![1.0, 2.5, -0.3])));
-        assert_eq!(get(&o, "empty"), Some(&Value::Nums(vec![])));
-        assert_eq!(get(&o, "missing"), None);
-        assert_eq!(parse_object("{}").unwrap(), vec![]);
-        assert_eq!(parse_object(r#"{"a":1,"a":2}"#).map(|o| get(&o, "a").cloned()), Ok(Some(Value::Num(2.0))));
-        assert_eq!(parse_object(r#"{"z":0,"y":-0.5E+2}"#).unwrap()[1].1, Value::Num(-50.0));
-    }
-
-    fn parses_escapes_and_skips_nested_values() {
-        let o = parse_object(
-            r#"{"s":"a\"b\\c\/d\n\t\u00e9\ud83d\ude00é","errors":{"connect":0,"x":[{"y":[]}]},"mixed":[1,"two"]}"#,
-        )
-        .unwrap();
-        assert_eq!(get(&o, "s"), Some(&Value::Str("a\"b\\c/d\n\té😀é".into())));
-        assert_eq!(get(&o, "errors"), Some(&Value::Nested));
-        assert_eq!(get(&o, "mixed"), Some(&Value::Nested));
-    }
-
-    fn rejects_malformed_json() {
-        for bad in [
-            "",
-            "[1]",
-            "{",
-            r#"{"a":1,}"#,
-            r#"{"a" 1}"#,
-            r#"{a:1}"#,
-            r#"{"a":01}"#,
-            r#"{"a":1.}"#,
-            r#"{"a":1e}"#,
-            r#"{"a":-}"#,
-            r#"{"a":tru}"#,
-            r#"{"a":"x}"#,
-            r#"{"a":"\q"}"#,
-            r#"{"a":"\ud800"}"#,
-            r#"{"a":"\u12"}"#,
-            "{\"a\":\"tab\there\"}",
-            r#"{"a":1} x"#,
-            r#"{"a":[1,]}"#,
-            r#"{"a":{"b":1}"#,
-        ] {
-            assert!(parse_object(bad).is_err(), "accepted {bad:?}");
-        }
-        let err = parse_object(r#"{"a":1,}"#).unwrap_err();
-        assert!(err.contains("byte 7"), "{err}");
-        let deep = format!("{{\"a\":{}{}}}", "[".repeat(100), "]".repeat(100));
-        assert!(parse_object(&deep).is_err());
     }
 
     fn computes_median_and_spread() {
@@ -779,6 +468,10 @@ mod self_test {
         assert_eq!(spread(&[]), None);
     }
 
+    fn object(json: &str) -> Object {
+        serde_json::from_str(json).unwrap()
+    }
+
     fn groups_runs_and_prints_a_table() -> String {
         let line = |mode: &str, accept: &str, load: &str, rps: f64, jain: &str| {
             format!(
@@ -788,16 +481,13 @@ mod self_test {
         };
         let mut groups = Groups::default();
         for (i, rps) in [1000.0, 1200.0, 900.0].into_iter().enumerate() {
-            assert_eq!(
-                groups.add(parse_object(&line("shared", "\"epoll\"", "light", rps, "0.5")).unwrap()),
-                Ok(vec![])
-            );
+            assert_eq!(groups.add(object(&line("shared", "\"epoll\"", "light", rps, "0.5"))), Ok(vec![]));
             let jain = if i == 0 { "null" } else { "1" };
-            groups.add(parse_object(&line("handoff", "null", "light", rps * 2.0, jain)).unwrap()).unwrap();
+            groups.add(object(&line("handoff", "null", "light", rps * 2.0, jain))).unwrap();
         }
-        groups.add(parse_object(r#"{"mode":"reuseport","load":"saturating","rps":5}"#).unwrap()).unwrap();
-        assert!(groups.add(parse_object(r#"{"rps":5}"#).unwrap()).is_err());
-        let cell = |json: &str| problem(&parse_object(json).unwrap());
+        groups.add(object(r#"{"mode":"reuseport","load":"saturating","rps":5}"#)).unwrap();
+        assert!(groups.add(object(r#"{"rps":5}"#)).is_err());
+        let cell = |json: &str| problem(&object(json));
         assert_eq!(cell(r#"{"mode":"handoff","accept":null,"load":"light","error":null,"consistent":true}"#), None);
         assert_eq!(
             cell(r#"{"mode":"handoff","accept":null,"load":"light","error":"server died","consistent":true}"#).unwrap(),

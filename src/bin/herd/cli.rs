@@ -1,7 +1,7 @@
 //! Shared command-line conventions: bad usage is one line on stderr and exit code 2; JSON
-//! output is written by hand (no serde), with one string escaper.
+//! figures are rounded to the precision they are measured with.
 
-use std::fmt::{Display, Write as _};
+use std::fmt::Display;
 use std::process::ExitCode;
 use std::str::FromStr;
 
@@ -42,19 +42,26 @@ where
     text.parse::<T>().map_err(|e| format!("{option} {text}: {e}"))
 }
 
-/// Appends `v` as a JSON string literal, escaping quotes, backslashes and control characters.
-pub fn push_json_string(out: &mut String, v: &str) {
-    out.push('"');
-    for c in v.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
+/// `v` rounded to `decimals` places, as a JSON number; `null` if it is not finite. The JSON
+/// shows the shortest form of the rounded value (`0.8`, not `0.800000`), so figures carry no
+/// digits beyond what they measure.
+pub fn json_number(v: f64, decimals: i32) -> serde_json::Value {
+    let scale = 10f64.powi(decimals);
+    // `From<f64>` turns NaN and the infinities into `null`.
+    serde_json::Value::from((v * scale).round() / scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_json_numbers() {
+        assert_eq!(json_number(1234.56, 1).to_string(), "1234.6");
+        assert_eq!(json_number(2.0, 4).to_string(), "2.0");
+        assert_eq!(json_number(0.1 + 0.2, 6).to_string(), "0.3");
+        assert_eq!(json_number(400.0004, 3).to_string(), "400.0");
+        assert_eq!(json_number(f64::INFINITY, 4), serde_json::Value::Null);
+        assert_eq!(json_number(f64::NAN, 1), serde_json::Value::Null);
     }
-    out.push('"');
 }

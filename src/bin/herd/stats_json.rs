@@ -6,34 +6,36 @@
 //!  "workers":[{"wakeups":5,"accepts":5,"eagains":0,"handoffs_received":0,"handoffs_acked":0,"closed":5},...]}
 //! ```
 //!
-//! The shape is fixed and flat — two levels of objects holding integers — so a few lines of
-//! formatting write it and a few lines of scanning read it; no JSON library is needed.
-
-use std::collections::BTreeMap;
+//! The library's [`Snapshot`] knows nothing of serde (it depends on libc and rustix alone), so
+//! this module is the one place that maps its fields to JSON keys and back.
 
 use herd::stats::{PrimaryStats, Snapshot, WorkerStats};
+use serde_json::{Value, json};
 
 /// The counters as one JSON object: `{"primary":{...},"workers":[{...},...]}`.
 pub fn encode(s: &Snapshot) -> String {
     let p = &s.primary;
-    let workers: Vec<String> = s
+    let workers: Vec<Value> = s
         .workers
         .iter()
         .map(|w| {
-            format!(
-                r#"{{"wakeups":{},"accepts":{},"eagains":{},"handoffs_received":{},"handoffs_acked":{},"closed":{}}}"#,
-                w.wakeups, w.accepts, w.eagains, w.handoffs_received, w.handoffs_acked, w.closed
-            )
+            json!({
+                "wakeups": w.wakeups,
+                "accepts": w.accepts,
+                "eagains": w.eagains,
+                "handoffs_received": w.handoffs_received,
+                "handoffs_acked": w.handoffs_acked,
+                "closed": w.closed,
+            })
         })
         .collect();
-    format!(
-        r#"{{"primary":{{"accepted":{},"dispatched":{},"queued":{},"requeued":{}}},"workers":[{}]}}"#,
-        p.accepted,
-        p.dispatched,
-        p.queued,
-        p.requeued,
-        workers.join(",")
-    )
+    let primary = json!({
+        "accepted": p.accepted,
+        "dispatched": p.dispatched,
+        "queued": p.queued,
+        "requeued": p.requeued,
+    });
+    json!({ "primary": primary, "workers": workers }).to_string()
 }
 
 /// Parses the last line of `stdout` that holds the counters object.
@@ -43,59 +45,37 @@ pub fn decode(stdout: &str) -> Result<Snapshot, String> {
         .rev()
         .find(|l| l.trim_start().starts_with("{\"primary\""))
         .ok_or("herd serve printed no counters on exit")?;
-    let after = |key: &str| line.find(key).map(|i| &line[i + key.len()..]);
-    let primary = after("\"primary\"").and_then(object).ok_or("no primary object in the counters")?;
-    let p = fields(primary)?;
+    let counters: Value = serde_json::from_str(line).map_err(|e| format!("the counters are not JSON: {e}"))?;
+    let p = counters.get("primary").ok_or("no primary object in the counters")?;
     let primary = PrimaryStats {
-        accepted: get(&p, "accepted")?,
-        dispatched: get(&p, "dispatched")?,
-        queued: get(&p, "queued")?,
-        requeued: get(&p, "requeued")?,
+        accepted: count(p, "accepted")?,
+        dispatched: count(p, "dispatched")?,
+        queued: count(p, "queued")?,
+        requeued: count(p, "requeued")?,
     };
-    let mut rest = after("\"workers\"")
-        .and_then(|s| s.trim_start_matches(separator).strip_prefix('['))
-        .ok_or("no workers array in the counters")?;
-    let mut workers = Vec::new();
-    while let Some(obj) = object(rest) {
-        let w = fields(obj)?;
-        workers.push(WorkerStats {
-            wakeups: get(&w, "wakeups")?,
-            accepts: get(&w, "accepts")?,
-            eagains: get(&w, "eagains")?,
-            handoffs_received: get(&w, "handoffs_received")?,
-            handoffs_acked: get(&w, "handoffs_acked")?,
-            closed: get(&w, "closed")?,
-        });
-        rest = &rest[rest.find('}').map_or(rest.len(), |i| i + 1)..];
-    }
+    let workers = counters
+        .get("workers")
+        .and_then(Value::as_array)
+        .ok_or("no workers array in the counters")?
+        .iter()
+        .map(|w| {
+            Ok(WorkerStats {
+                wakeups: count(w, "wakeups")?,
+                accepts: count(w, "accepts")?,
+                eagains: count(w, "eagains")?,
+                handoffs_received: count(w, "handoffs_received")?,
+                handoffs_acked: count(w, "handoffs_acked")?,
+                closed: count(w, "closed")?,
+            })
+        })
+        .collect::<Result<_, String>>()?;
     Ok(Snapshot { primary, workers })
 }
 
-/// The inside of the flat `{...}` object that `s` starts with (after blanks, `:` or `,`).
-fn object(s: &str) -> Option<&str> {
-    let s = s.trim_start_matches(separator).strip_prefix('{')?;
-    Some(&s[..s.find('}')?])
-}
-
-/// What may come between a key and its value, or between array elements.
-fn separator(c: char) -> bool {
-    c.is_whitespace() || c == ':' || c == ','
-}
-
-/// `"key":123,...` as a map.
-fn fields(obj: &str) -> Result<BTreeMap<&str, u64>, String> {
-    obj.split(',')
-        .filter(|f| !f.trim().is_empty())
-        .map(|field| {
-            let (key, value) = field.split_once(':').ok_or_else(|| format!("counter field {field:?} has no value"))?;
-            let value = value.trim().parse().map_err(|_| format!("counter field {field:?} is not a count"))?;
-            Ok((key.trim().trim_matches('"'), value))
-        })
-        .collect()
-}
-
-fn get(map: &BTreeMap<&str, u64>, key: &str) -> Result<u64, String> {
-    map.get(key).copied().ok_or_else(|| format!("counter {key:?} missing"))
+/// The count under `key` in a counters object.
+fn count(object: &Value, key: &str) -> Result<u64, String> {
+    let value = object.get(key).ok_or_else(|| format!("counter {key:?} missing"))?;
+    value.as_u64().ok_or_else(|| format!("counter {key:?} is not a count: {value}"))
 }
 
 #[cfg(test)]
@@ -133,6 +113,12 @@ mod tests {
     fn refuses_what_it_cannot_read() {
         assert!(decode("").unwrap_err().contains("no counters"));
         assert!(decode(r#"{"primary":{"accepted":1}}"#).unwrap_err().contains("dispatched"));
-        assert!(decode(&LINE.replace(":5,", ":x,")).unwrap_err().contains("not a count"));
+        assert!(decode(&LINE.replace(":5,", r#":"5","#)).unwrap_err().contains("not a count"));
+        assert!(decode(&LINE.replace(":5,", ":x,")).unwrap_err().contains("not JSON"));
+        assert!(
+            decode(r#"{"primary":{"accepted":1,"dispatched":0,"queued":0,"requeued":0}}"#)
+                .unwrap_err()
+                .contains("no workers")
+        );
     }
 }

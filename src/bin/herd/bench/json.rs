@@ -1,100 +1,58 @@
 //! Machine-readable output: one JSON object per line (`--json`) or CSV with a header (`--csv`).
 //!
-//! Both are rendered from the same [`record`] — a fixed list of keys with values — so they carry
-//! the same data under the same names, and a failed cell has every key too (`null`, or an empty
-//! CSV field), with the reason under `error`. Written by hand: the values are numbers, a few
-//! short strings and one list, which needs escaping and nothing else.
+//! Both are rendered from the same [`record`] — one JSON object whose keys keep their order — so
+//! they carry the same data under the same names, and a failed cell has every key too (`null`,
+//! or an empty CSV field), with the reason under `error`.
 
-use std::fmt::Write as _;
+use serde_json::{Map, Value, json};
 
-use super::row::Cell;
-
-/// A value of one key.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Value {
-    Null,
-    Bool(bool),
-    /// A number, already formatted (finite).
-    Number(String),
-    Text(String),
-    Counts(Vec<u64>),
-}
-
-/// A finite number with `decimals` digits after the point; anything else is `null`.
-fn number(v: Option<f64>, decimals: usize) -> Value {
-    match v {
-        Some(v) if v.is_finite() => Value::Number(format!("{v:.decimals$}")),
-        _ => Value::Null,
-    }
-}
-
-fn count(n: u64) -> Value {
-    Value::Number(n.to_string())
-}
+use super::row::{Cell, Figures};
+use crate::cli::json_number;
 
 /// Every key of a cell, in output order.
-pub fn record(cell: &Cell, defer_accept: bool) -> Vec<(&'static str, Value)> {
-    let mut r = vec![
-        ("mode", Value::Text(cell.row.mode.into())),
-        ("accept", cell.row.accept.map_or(Value::Null, |a| Value::Text(a.into()))),
-        ("workers", count(cell.workers as u64)),
-        ("load", Value::Text(cell.load.kind.as_str().into())),
-        ("connections", count(cell.load.connections as u64)),
-        ("defer_accept", Value::Bool(defer_accept)),
-    ];
+pub fn record(cell: &Cell, defer_accept: bool) -> Map<String, Value> {
     let f = cell.outcome.as_ref().ok();
-    let num = |get: fn(&super::row::Figures) -> Option<f64>, decimals| number(f.and_then(get), decimals);
-    let int = |get: fn(&super::row::Figures) -> u64| f.map_or(Value::Null, |f| count(get(f)));
-    r.extend([
-        ("requests", int(|f| f.requests)),
-        ("failures", int(|f| f.failures)),
-        ("rps", num(|f| Some(f.rps), 1)),
-        ("p50_us", int(|f| f.p50_us)),
-        ("p99_us", int(|f| f.p99_us)),
-        ("wakeups_per_accept", num(|f| f.wakeups_per_accept(), 4)),
-        ("epoll_returns_per_accept", num(|f| f.epoll_returns_per_accept(), 4)),
-        ("eagains", int(|f| f.eagains)),
-        ("jain", num(|f| f.jain(), 6)),
-        ("max_min_share", num(|f| f.max_min_share(), 4)),
-        ("per_worker", f.map_or(Value::Null, |f| Value::Counts(f.per_worker.clone()))),
-        ("cpu_primary_s", num(|f| Some(f.cpu_primary_s), 2)),
-        ("cpu_workers_s", num(|f| Some(f.cpu_workers_s), 2)),
-        ("cpu_us_per_request", num(|f| f.cpu_us_per_request(), 2)),
-        ("worker_switches", int(|f| f.worker_switches)),
-        ("primary_switches", int(|f| f.primary_switches)),
-        ("epoll_returns", int(|f| f.epoll_returns)),
-        ("consistent", Value::Bool(f.is_some_and(|f| f.consistent()))),
-        ("error", cell.outcome.as_ref().err().map_or(Value::Null, |e| Value::Text(e.clone()))),
-    ]);
-    r
+    let num = |get: fn(&Figures) -> Option<f64>, decimals| f.and_then(get).map(|v| json_number(v, decimals));
+    let int = |get: fn(&Figures) -> u64| f.map(get);
+    let record = json!({
+        "mode": cell.row.mode,
+        "accept": cell.row.accept,
+        "workers": cell.workers,
+        "load": cell.load.kind.as_str(),
+        "connections": cell.load.connections,
+        "defer_accept": defer_accept,
+        "requests": int(|f| f.requests),
+        "failures": int(|f| f.failures),
+        "rps": num(|f| Some(f.rps), 1),
+        "p50_us": int(|f| f.p50_us),
+        "p99_us": int(|f| f.p99_us),
+        "wakeups_per_accept": num(|f| f.wakeups_per_accept(), 4),
+        "epoll_returns_per_accept": num(|f| f.epoll_returns_per_accept(), 4),
+        "eagains": int(|f| f.eagains),
+        "jain": num(|f| f.jain(), 6),
+        "max_min_share": num(|f| f.max_min_share(), 4),
+        "per_worker": f.map(|f| &f.per_worker),
+        "cpu_primary_s": num(|f| Some(f.cpu_primary_s), 2),
+        "cpu_workers_s": num(|f| Some(f.cpu_workers_s), 2),
+        "cpu_us_per_request": num(|f| f.cpu_us_per_request(), 2),
+        "worker_switches": int(|f| f.worker_switches),
+        "primary_switches": int(|f| f.primary_switches),
+        "epoll_returns": int(|f| f.epoll_returns),
+        "consistent": f.is_some_and(|f| f.consistent()),
+        "error": cell.outcome.as_ref().err(),
+    });
+    let Value::Object(fields) = record else { unreachable!("json! of an object literal is an object") };
+    fields
 }
 
 /// The cell as one line of JSON.
 pub fn json_line(cell: &Cell, defer_accept: bool) -> String {
-    let mut out = String::from("{");
-    for (i, (key, value)) in record(cell, defer_accept).iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        let _ = write!(out, "\"{key}\":");
-        match value {
-            Value::Null => out.push_str("null"),
-            Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-            Value::Number(n) => out.push_str(n),
-            Value::Text(t) => crate::cli::push_json_string(&mut out, t),
-            Value::Counts(c) => {
-                let list: Vec<String> = c.iter().map(u64::to_string).collect();
-                let _ = write!(out, "[{}]", list.join(","));
-            }
-        }
-    }
-    out.push('}');
-    out
+    Value::Object(record(cell, defer_accept)).to_string()
 }
 
 /// The CSV header: the keys of [`record`].
 pub fn csv_header() -> String {
-    let keys: Vec<&str> = record(&placeholder(), false).into_iter().map(|(k, _)| k).collect();
+    let keys: Vec<String> = record(&placeholder(), false).into_iter().map(|(k, _)| k).collect();
     keys.join(",")
 }
 
@@ -104,10 +62,10 @@ pub fn csv_line(cell: &Cell, defer_accept: bool) -> String {
         .into_iter()
         .map(|(_, value)| match value {
             Value::Null => String::new(),
-            Value::Bool(b) => b.to_string(),
-            Value::Number(n) => n,
-            Value::Text(t) => csv_field(&t),
-            Value::Counts(c) => c.iter().map(u64::to_string).collect::<Vec<_>>().join(" "),
+            Value::String(t) => csv_field(&t),
+            Value::Array(counts) => counts.iter().map(Value::to_string).collect::<Vec<_>>().join(" "),
+            // Numbers and booleans read as in the JSON.
+            number_or_bool => number_or_bool.to_string(),
         })
         .collect();
     fields.join(",")
@@ -162,9 +120,8 @@ mod tests {
 
     #[test]
     fn escapes_json_strings() {
-        let mut s = String::new();
-        crate::cli::push_json_string(&mut s, "a\"b\\c\nd\u{1}é");
-        assert_eq!(s, r#""a\"b\\c\nd\u0001é""#);
+        let line = json_line(&cell(Err("a\"b\\c\nd\u{1}é".into())), true);
+        assert!(line.ends_with(r#""error":"a\"b\\c\nd\u0001é"}"#), "{line}");
     }
 
     #[test]
@@ -178,7 +135,7 @@ mod tests {
     #[test]
     fn writes_a_json_line() {
         let line = json_line(&cell(Ok(figures())), true);
-        assert!(line.starts_with(r#"{"mode":"handoff","accept":null,"workers":2,"load":"saturating","connections":64,"defer_accept":true,"requests":4,"failures":0,"rps":1234.6,"p50_us":80,"p99_us":300,"wakeups_per_accept":2.0000,"epoll_returns_per_accept":1.0000,"eagains":0,"jain":0.800000,"max_min_share":3.0000,"per_worker":[3,1],"cpu_primary_s":0.01,"cpu_workers_s":0.03,"cpu_us_per_request":10000.00,"#), "{line}");
+        assert!(line.starts_with(r#"{"mode":"handoff","accept":null,"workers":2,"load":"saturating","connections":64,"defer_accept":true,"requests":4,"failures":0,"rps":1234.6,"p50_us":80,"p99_us":300,"wakeups_per_accept":2.0,"epoll_returns_per_accept":1.0,"eagains":0,"jain":0.8,"max_min_share":3.0,"per_worker":[3,1],"cpu_primary_s":0.01,"cpu_workers_s":0.03,"cpu_us_per_request":10000.0,"#), "{line}");
         assert!(line.ends_with(r#""consistent":true,"error":null}"#), "{line}");
     }
 

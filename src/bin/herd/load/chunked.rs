@@ -1,36 +1,28 @@
 //! A resumable decoder for `Transfer-Encoding: chunked` bodies.
 //!
 //! It exists only to find where a chunked body ends (so a keep-alive connection can be reused)
-//! and to hand the decoded bytes to a callback; it keeps no data itself. Chunk extensions and
-//! trailers are skipped. Bare `\n` line ends are tolerated, as most clients do.
+//! and to hand the decoded bytes to a callback; it keeps no data itself. Chunk-size lines are read
+//! by `httparse::parse_chunk_size` and the trailer section by `httparse::parse_headers`; either
+//! may arrive split across reads, and is then gathered in a [`Pending`] buffer first. Chunk
+//! extensions and trailers are skipped. Bare `\n` line ends are tolerated, as most clients do.
+
+use super::http::Pending;
+
+/// The most trailer fields accepted after the last chunk.
+const MAX_TRAILERS: usize = 64;
 
 /// Decoder state: where in the chunk framing the next byte falls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    /// Reading the hex size; `digits` counts them to refuse sizes over 60 bits.
-    Size {
-        size: u64,
-        digits: u8,
-    },
-    /// Skipping `;extension` up to the end of the size line.
-    Extension {
-        size: u64,
-    },
-    /// Saw `\r` after the size line; `\n` must follow.
-    SizeLf {
-        size: u64,
-    },
+    /// At a chunk-size line.
+    Size,
     /// Inside chunk data, this many bytes left.
     Data(u64),
     /// After chunk data: `\r\n` must follow.
     DataCr,
     DataLf,
-    /// At the start of a trailer line (after the last, zero-size chunk).
-    TrailerStart,
-    /// Inside a trailer field line.
-    TrailerLine,
-    /// Saw `\r` at the start of a trailer line: this is the final blank line.
-    EndLf,
+    /// After the last, zero-size chunk: trailer fields, then an empty line.
+    Trailers,
 }
 
 /// The chunk framing is broken.
@@ -38,15 +30,23 @@ enum State {
 pub struct ChunkedError;
 
 /// A chunked-body decoder; feed it bytes until it reports the end.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub struct Chunked {
     state: State,
+    /// A chunk-size line or trailer section split across reads.
+    pending: Pending,
 }
 
 impl Chunked {
     /// A decoder at the start of a body.
     pub fn new() -> Self {
-        Chunked { state: State::Size { size: 0, digits: 0 } }
+        Chunked { state: State::Size, pending: Pending::default() }
+    }
+
+    /// Gets ready for a new body, keeping the buffer's allocation.
+    pub fn reset(&mut self) {
+        self.state = State::Size;
+        self.pending.clear();
     }
 
     /// Decodes from `data`, passing chunk data to `body`. Returns how many bytes were used and
@@ -54,44 +54,74 @@ impl Chunked {
     pub fn feed(&mut self, data: &[u8], mut body: impl FnMut(&[u8])) -> Result<(usize, bool), ChunkedError> {
         let mut i = 0;
         while i < data.len() {
-            if let State::Data(left) = self.state {
-                let take = left.min((data.len() - i) as u64) as usize;
-                body(&data[i..i + take]);
-                i += take;
-                self.state = if left == take as u64 { State::DataCr } else { State::Data(left - take as u64) };
-                continue;
+            match self.state {
+                State::Size => match self.pending.parse(&data[i..], ChunkedError, size_line)? {
+                    Some((used, size)) => {
+                        i += used;
+                        self.state = if size == 0 { State::Trailers } else { State::Data(size) };
+                    }
+                    None => return Ok((data.len(), false)),
+                },
+                State::Data(left) => {
+                    let take = left.min((data.len() - i) as u64) as usize;
+                    body(&data[i..i + take]);
+                    i += take;
+                    self.state = if left == take as u64 { State::DataCr } else { State::Data(left - take as u64) };
+                }
+                State::DataCr | State::DataLf => {
+                    self.state = match (self.state, data[i]) {
+                        (State::DataCr, b'\r') => State::DataLf,
+                        (_, b'\n') => State::Size,
+                        _ => return Err(ChunkedError),
+                    };
+                    i += 1;
+                }
+                State::Trailers => match self.pending.parse(&data[i..], ChunkedError, trailers)? {
+                    Some((used, ())) => {
+                        self.state = State::Size;
+                        return Ok((i + used, true));
+                    }
+                    None => return Ok((data.len(), false)),
+                },
             }
-            let b = data[i];
-            i += 1;
-            self.state =
-                match (self.state, b) {
-                    (State::Size { size, digits }, _) if b.is_ascii_hexdigit() => {
-                        if digits == 15 {
-                            return Err(ChunkedError);
-                        }
-                        let d = (b as char).to_digit(16).unwrap_or(0);
-                        State::Size { size: size << 4 | u64::from(d), digits: digits + 1 }
-                    }
-                    (State::Size { digits: 0, .. }, _) => return Err(ChunkedError),
-                    (State::Size { size, .. }, b';' | b' ' | b'\t') => State::Extension { size },
-                    (State::Size { size, .. } | State::Extension { size }, b'\r') => State::SizeLf { size },
-                    (State::Size { size, .. } | State::Extension { size } | State::SizeLf { size }, b'\n') => {
-                        if size == 0 { State::TrailerStart } else { State::Data(size) }
-                    }
-                    (State::Extension { size }, _) => State::Extension { size },
-                    (State::DataCr, b'\r') => State::DataLf,
-                    (State::DataCr | State::DataLf, b'\n') => State::Size { size: 0, digits: 0 },
-                    (State::TrailerStart, b'\r') => State::EndLf,
-                    (State::TrailerStart | State::EndLf, b'\n') => {
-                        self.state = State::Size { size: 0, digits: 0 };
-                        return Ok((i, true));
-                    }
-                    (State::TrailerLine, b'\n') => State::TrailerStart,
-                    (State::TrailerStart | State::TrailerLine, _) => State::TrailerLine,
-                    _ => return Err(ChunkedError),
-                };
         }
         Ok((i, false))
+    }
+}
+
+/// Reads the chunk-size line at the start of `data`: `Ok(None)` while it is incomplete, else its
+/// length and the size.
+fn size_line(data: &[u8]) -> Result<Option<(usize, u64)>, ChunkedError> {
+    // httparse reads a line with no digits as size 0; the grammar wants at least one.
+    if data.first().is_some_and(|b| !b.is_ascii_hexdigit()) {
+        return Err(ChunkedError);
+    }
+    match data.iter().position(|&b| b == b'\n') {
+        // httparse wants `\r\n`: a line ending in a bare `\n` is read with `\r\n` in its place.
+        Some(lf) if !data[..lf].ends_with(b"\r") => {
+            let line = [&data[..lf], b"\r\n"].concat();
+            Ok(chunk_size(&line)?.map(|(_, size)| (lf + 1, size)))
+        }
+        _ => chunk_size(data),
+    }
+}
+
+fn chunk_size(data: &[u8]) -> Result<Option<(usize, u64)>, ChunkedError> {
+    match httparse::parse_chunk_size(data) {
+        Ok(httparse::Status::Complete(line)) => Ok(Some(line)),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::InvalidChunkSize) => Err(ChunkedError),
+    }
+}
+
+/// Reads the trailer section at the start of `data`, up to and including the empty line that
+/// ends the body: `Ok(None)` while it is incomplete, else its length.
+fn trailers(data: &[u8]) -> Result<Option<(usize, ())>, ChunkedError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILERS];
+    match httparse::parse_headers(data, &mut fields) {
+        Ok(httparse::Status::Complete((len, _))) => Ok(Some((len, ()))),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(_) => Err(ChunkedError),
     }
 }
 
@@ -127,6 +157,15 @@ mod tests {
     fn skips_trailers_and_accepts_bare_newlines() {
         let body = b"A\nabcdefghij\n0\nTrailer: x\r\nOther: y\n\n";
         assert_eq!(decode(&[body]).unwrap(), (b"abcdefghij".to_vec(), body.len(), true));
+    }
+
+    #[test]
+    fn reads_lines_split_across_reads() {
+        let body = b"A;x=y\nabcdefghij\r\n0\nTrailer: x\r\nOther: y\n\nNEXT";
+        for split in 1..body.len() {
+            let (out, used, done) = decode(&[&body[..split], &body[split..]]).unwrap();
+            assert_eq!((out.as_slice(), used, done), (b"abcdefghij".as_slice(), body.len() - 4, true), "split {split}");
+        }
     }
 
     #[test]

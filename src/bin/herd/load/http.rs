@@ -5,19 +5,27 @@
 //!
 //! The parser is fed whatever each `read` returned and reports where a response ends, so it copes
 //! with a response split across reads at any byte and with the next response starting in the same
-//! buffer (the boundary a keep-alive client must find exactly). It understands just enough to find
-//! that end: the status line, `Content-Length`, `Transfer-Encoding: chunked`, `Connection`, the
-//! no-body statuses (1xx, 204, 304), and otherwise a body delimited by the server closing.
+//! buffer (the boundary a keep-alive client must find exactly). The head is read by `httparse`
+//! (hyper's parser); of it the parser uses the status, the version, `Content-Length`,
+//! `Transfer-Encoding: chunked` and `Connection`, which with the no-body statuses (1xx, 204, 304)
+//! say where the body ends — or, with none of them, that the server's close ends it.
 //! It copies nothing on the common path, where the whole head arrives in one read; a head split
-//! across reads is gathered in a small per-connection buffer. The first [`SAMPLE_LEN`] bytes of
-//! the body are kept so the load generator can read the `worker <id>` the herd server answers.
+//! across reads is gathered in a small per-connection buffer ([`Pending`]). The first
+//! [`SAMPLE_LEN`] bytes of the body are kept so the load generator can read the `worker <id>` the
+//! herd server answers.
+
+use std::mem::MaybeUninit;
 
 use super::chunked::{Chunked, ChunkedError};
 use super::config::Mode;
 use super::url::Target;
 
-/// The largest response head (status line plus headers) accepted.
-const MAX_HEAD: usize = 16 * 1024;
+/// The largest response head (status line plus headers) accepted, and the longest chunk-size
+/// line or trailer section.
+pub const MAX_HEAD: usize = 16 * 1024;
+
+/// The most header lines a response head may have.
+const MAX_HEADERS: usize = 64;
 
 /// How many leading body bytes are kept for [`Response::worker`].
 pub const SAMPLE_LEN: usize = 64;
@@ -65,11 +73,11 @@ pub enum Progress {
 /// A response the parser cannot make sense of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParseError {
-    /// The head exceeded [`MAX_HEAD`] bytes.
+    /// The head exceeded [`MAX_HEAD`] bytes or [`MAX_HEADERS`] lines.
     HeadTooLarge,
     /// The status line is not `HTTP/1.x NNN ...`.
     StatusLine,
-    /// A header line has no colon, or `Content-Length` is not a number or is repeated differently.
+    /// A header line is malformed, or `Content-Length` is not a number or is repeated differently.
     Header,
     /// The chunked framing is broken.
     Chunked,
@@ -95,8 +103,8 @@ impl ParseError {
 enum Body {
     /// This many bytes remain.
     Length(u64),
-    /// `Transfer-Encoding: chunked`.
-    Chunked(Chunked),
+    /// `Transfer-Encoding: chunked`: the parser's [`Chunked`] decoder finds the end.
+    Chunked,
     /// No length given: the body ends when the server closes.
     UntilClose,
 }
@@ -108,12 +116,24 @@ enum State {
     Body(Body),
 }
 
+/// What a response head says, as far as finding the end of the response goes.
+#[derive(Clone, Copy, Debug)]
+struct Head {
+    status: u16,
+    /// The server lets us send another request on this connection (if the body's end can be
+    /// found without its close).
+    persistent: bool,
+    length: Option<u64>,
+    chunked: bool,
+}
+
 /// An incremental HTTP/1.x response parser; see the module docs.
 #[derive(Debug)]
 pub struct ResponseParser {
     state: State,
     /// Head bytes gathered across reads, only when the head did not arrive in one piece.
-    head: Vec<u8>,
+    head: Pending,
+    chunked: Chunked,
     status: u16,
     reusable: bool,
     sample: [u8; SAMPLE_LEN],
@@ -131,7 +151,8 @@ impl ResponseParser {
     pub fn new() -> Self {
         ResponseParser {
             state: State::Head,
-            head: Vec::new(),
+            head: Pending::default(),
+            chunked: Chunked::new(),
             status: 0,
             reusable: false,
             sample: [0; SAMPLE_LEN],
@@ -139,10 +160,11 @@ impl ResponseParser {
         }
     }
 
-    /// Forgets any partial response, keeping the head buffer's allocation.
+    /// Forgets any partial response, keeping the buffers' allocations.
     pub fn reset(&mut self) {
         self.state = State::Head;
         self.head.clear();
+        self.chunked.reset();
         self.sample_len = 0;
     }
 
@@ -151,8 +173,11 @@ impl ResponseParser {
         let mut pos = 0;
         loop {
             match self.state {
-                State::Head => match self.feed_head(&data[pos..])? {
-                    Some(used) => pos += used,
+                State::Head => match self.head.parse(&data[pos..], ParseError::HeadTooLarge, parse_head)? {
+                    Some((used, head)) => {
+                        pos += used;
+                        self.start_body(head);
+                    }
                     None => return Ok(Progress::Partial),
                 },
                 State::Body(Body::Length(remaining)) => {
@@ -166,11 +191,9 @@ impl ResponseParser {
                     self.state = State::Body(Body::Length(remaining));
                     return Ok(Progress::Partial);
                 }
-                State::Body(Body::Chunked(mut chunked)) => {
+                State::Body(Body::Chunked) => {
                     let mut sample = Sampler { buf: &mut self.sample, len: &mut self.sample_len };
-                    let step = chunked.feed(&data[pos..], |bytes| sample.keep(bytes));
-                    self.state = State::Body(Body::Chunked(chunked));
-                    match step {
+                    match self.chunked.feed(&data[pos..], |bytes| sample.keep(bytes)) {
                         Ok((used, true)) => return Ok(self.complete(pos + used)),
                         Ok((_, false)) => return Ok(Progress::Partial),
                         Err(ChunkedError) => return Err(ParseError::Chunked),
@@ -192,79 +215,27 @@ impl ResponseParser {
         }
     }
 
-    /// Reads the head from `data`; returns how many bytes of `data` it used once the head ends.
-    fn feed_head(&mut self, data: &[u8]) -> Result<Option<usize>, ParseError> {
-        if self.head.is_empty() {
-            // Fast path: the whole head is in this read, so parse it in place.
-            if let Some(end) = find_head_end(data, 0) {
-                self.parse_head(&data[..end])?;
-                return Ok(Some(end));
-            }
-            if data.len() > MAX_HEAD {
-                return Err(ParseError::HeadTooLarge);
-            }
-            self.head.extend_from_slice(data);
-            return Ok(None);
-        }
-        // The terminator may straddle the previous read and this one: search from 3 bytes back.
-        let old = self.head.len();
-        self.head.extend_from_slice(data);
-        match find_head_end(&self.head, old.saturating_sub(3)) {
-            Some(end) => {
-                let mut head = std::mem::take(&mut self.head);
-                let parsed = self.parse_head(&head[..end]);
-                head.clear();
-                self.head = head;
-                parsed?;
-                Ok(Some(end - old))
-            }
-            None if self.head.len() > MAX_HEAD => Err(ParseError::HeadTooLarge),
-            None => Ok(None),
-        }
-    }
-
-    /// Parses a complete head (ending in the blank line) and picks how the body is delimited.
-    fn parse_head(&mut self, head: &[u8]) -> Result<(), ParseError> {
-        let mut lines = head.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-        let status_line = lines.next().ok_or(ParseError::StatusLine)?;
-        let (version_1_1, status) = parse_status_line(status_line)?;
-        let mut length: Option<u64> = None;
-        let (mut chunked, mut close, mut keep_alive) = (false, false, false);
-        for line in lines.take_while(|l| !l.is_empty()) {
-            let colon = line.iter().position(|&b| b == b':').ok_or(ParseError::Header)?;
-            let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
-            if name.eq_ignore_ascii_case(b"content-length") {
-                let n = parse_decimal(value).ok_or(ParseError::Header)?;
-                if length.is_some_and(|old| old != n) {
-                    return Err(ParseError::Header);
-                }
-                length = Some(n);
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                // Chunked counts only as the last coding applied.
-                chunked = tokens(value).next_back().is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
-            } else if name.eq_ignore_ascii_case(b"connection") {
-                close |= tokens(value).any(|t| t.eq_ignore_ascii_case(b"close"));
-                keep_alive |= tokens(value).any(|t| t.eq_ignore_ascii_case(b"keep-alive"));
-            }
-        }
-        let mut reusable = !close && (version_1_1 || keep_alive);
-        self.status = status;
+    /// Picks how the body after `head` is delimited.
+    fn start_body(&mut self, head: Head) {
+        self.status = head.status;
+        self.reusable = head.persistent;
         self.sample_len = 0;
-        self.state = match status {
+        self.state = match head.status {
             // Informational: another head follows (101 Switching Protocols is not expected).
             100..=199 => State::Head,
             204 | 304 => State::Body(Body::Length(0)),
-            _ if chunked => State::Body(Body::Chunked(Chunked::new())),
-            _ => match length {
+            _ if head.chunked => {
+                self.chunked.reset();
+                State::Body(Body::Chunked)
+            }
+            _ => match head.length {
                 Some(n) => State::Body(Body::Length(n)),
                 None => {
-                    reusable = false;
+                    self.reusable = false;
                     State::Body(Body::UntilClose)
                 }
             },
         };
-        self.reusable = reusable;
-        Ok(())
     }
 
     fn keep_sample(&mut self, bytes: &[u8]) {
@@ -289,6 +260,92 @@ impl ResponseParser {
     }
 }
 
+/// Parses the response head at the start of `data`: `Ok(None)` while it is incomplete, else its
+/// length and what it says.
+fn parse_head(data: &[u8]) -> Result<Option<(usize, Head)>, ParseError> {
+    // Left uninitialised: httparse writes the entries it returns, so nothing is cleared for
+    // every response.
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let len =
+        match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut response, data, &mut headers) {
+            Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => return Err(ParseError::HeadTooLarge),
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::Version | httparse::Error::Status) => return Err(ParseError::StatusLine),
+            Err(httparse::Error::TooManyHeaders) => return Err(ParseError::HeadTooLarge),
+            Err(_) => return Err(ParseError::Header),
+        };
+    let mut length: Option<u64> = None;
+    let (mut chunked, mut close, mut keep_alive) = (false, false, false);
+    for header in response.headers.iter() {
+        let (name, value) = (header.name, header.value);
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = content_length(value).ok_or(ParseError::Header)?;
+            if length.is_some_and(|old| old != n) {
+                return Err(ParseError::Header);
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // Chunked counts only as the last coding applied.
+            chunked = tokens(value).next_back().is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case("connection") {
+            close |= tokens(value).any(|t| t.eq_ignore_ascii_case(b"close"));
+            keep_alive |= tokens(value).any(|t| t.eq_ignore_ascii_case(b"keep-alive"));
+        }
+    }
+    let version_1_1 = response.version == Some(1);
+    let status = response.code.expect("a complete head has a status");
+    Ok(Some((len, Head { status, persistent: !close && (version_1_1 || keep_alive), length, chunked })))
+}
+
+/// The start of an HTTP element — a response head, a chunk-size line, a trailer section — that
+/// arrived split across reads, kept until the rest comes.
+#[derive(Debug, Default)]
+pub struct Pending(Vec<u8>);
+
+impl Pending {
+    /// Runs `parse` on the element that starts at `data` (or continues there, if part of it is
+    /// pending). `parse` returns the element's length once it is complete; this returns how many
+    /// bytes of `data` the element took. An element longer than [`MAX_HEAD`] is `too_large`.
+    pub fn parse<T, E>(
+        &mut self,
+        data: &[u8],
+        too_large: E,
+        parse: impl Fn(&[u8]) -> Result<Option<(usize, T)>, E>,
+    ) -> Result<Option<(usize, T)>, E> {
+        if self.0.is_empty() {
+            // The common case: the whole element is in this read, so parse it in place.
+            if let Some(done) = parse(data)? {
+                return Ok(Some(done));
+            }
+            if data.len() > MAX_HEAD {
+                return Err(too_large);
+            }
+            self.0.extend_from_slice(data);
+            return Ok(None);
+        }
+        let old = self.0.len();
+        self.0.extend_from_slice(data);
+        // Every element ends with a line feed: without one in `data` it cannot have ended, and
+        // skipping the parse keeps a server that sends a byte per read from costing quadratic time.
+        let done = if data.contains(&b'\n') { parse(&self.0)? } else { None };
+        match done {
+            Some((len, value)) => {
+                self.0.clear();
+                Ok(Some((len - old, value)))
+            }
+            None if self.0.len() > MAX_HEAD => Err(too_large),
+            None => Ok(None),
+        }
+    }
+
+    /// Forgets the pending bytes, keeping the allocation.
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
 /// Appends body bytes to the sample until it is full.
 struct Sampler<'a> {
     buf: &'a mut [u8; SAMPLE_LEN],
@@ -303,49 +360,18 @@ impl Sampler<'_> {
     }
 }
 
-/// Returns the index just past the `\r\n\r\n` that ends a head, searching from `from`.
-fn find_head_end(data: &[u8], from: usize) -> Option<usize> {
-    data.get(from..)?.windows(4).position(|w| w == b"\r\n\r\n").map(|i| from + i + 4)
-}
-
-/// Parses `HTTP/1.x NNN reason`; returns (is HTTP/1.1 or later, status).
-fn parse_status_line(line: &[u8]) -> Result<(bool, u16), ParseError> {
-    let rest = line.strip_prefix(b"HTTP/1.").ok_or(ParseError::StatusLine)?;
-    let (&minor, rest) = rest.split_first().ok_or(ParseError::StatusLine)?;
-    if !minor.is_ascii_digit() {
-        return Err(ParseError::StatusLine);
-    }
-    match rest {
-        [b' ', a, b, c, tail @ ..]
-            if [a, b, c].iter().all(|d| d.is_ascii_digit()) && tail.first().is_none_or(|&t| t == b' ') =>
-        {
-            let status = u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0');
-            Ok((minor != b'0', status))
-        }
-        _ => Err(ParseError::StatusLine),
-    }
-}
-
 /// The comma-separated, trimmed tokens of a header value.
 fn tokens(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
-    value.split(|&b| b == b',').map(trim)
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
 }
 
-fn trim(mut s: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', rest @ ..] = s {
-        s = rest;
-    }
-    while let [rest @ .., b' ' | b'\t'] = s {
-        s = rest;
-    }
-    s
-}
-
-fn parse_decimal(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 19 {
+/// A `Content-Length` value: decimal digits only (no sign), at most `u64::MAX`.
+fn content_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    s.iter().try_fold(0u64, |n, &b| b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0')))
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// Finds `worker <id>` in a body sample, as the herd server answers `worker <id> pid <pid>\n`.
@@ -522,6 +548,15 @@ mod tests {
         assert_eq!(p.feed(b"HTTP/1.1 200 OK\r\nX: ").unwrap(), Progress::Partial);
         assert_eq!(p.feed(&huge).unwrap(), Progress::Partial);
         assert_eq!(p.feed(&huge), Err(ParseError::HeadTooLarge));
+    }
+
+    #[test]
+    fn refuses_heads_over_the_limits() {
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: y\r\n")).collect();
+        let head = format!("HTTP/1.1 200 OK\r\n{many}Content-Length: 0\r\n\r\n");
+        assert_eq!(ResponseParser::new().feed(head.as_bytes()), Err(ParseError::HeadTooLarge));
+        let long = format!("HTTP/1.1 200 OK\r\nX: {}\r\nContent-Length: 0\r\n\r\n", "a".repeat(MAX_HEAD));
+        assert_eq!(ResponseParser::new().feed(long.as_bytes()), Err(ParseError::HeadTooLarge), "in one read");
     }
 
     #[test]

@@ -5,14 +5,16 @@
 //! still in flight when the duration ends are neither.
 
 use std::collections::BTreeMap;
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use serde_json::{Map, Value, json};
 
 use super::config::Mode;
 use super::fairness::{busiest_and_idlest, jain};
 use super::stats::Errors;
+use crate::cli::json_number;
 
 /// Everything a run measured.
 #[derive(Clone, Debug)]
@@ -90,38 +92,26 @@ impl LoadReport {
     /// The report as one line of JSON.
     pub fn to_json(&self) -> String {
         let p = self.percentiles();
-        let mut s = String::with_capacity(512);
-        s.push_str("{\"url\":");
-        crate::cli::push_json_string(&mut s, &self.url);
-        let _ = write!(
-            s,
-            ",\"mode\":\"{}\",\"connections\":{},\"threads\":{},\"requests\":{},\"errors\":{{",
-            self.mode, self.connections, self.threads, self.requests
-        );
-        for (i, (name, n)) in self.errors.by_kind().into_iter().enumerate() {
-            let _ = write!(s, "{}\"{name}\":{n}", if i == 0 { "" } else { "," });
-        }
-        let _ = write!(
-            s,
-            "}},\"elapsed_s\":{:.6},\"rps\":{:.3},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"per_worker\":[",
-            self.elapsed.as_secs_f64(),
-            self.rps(),
-            p.p50,
-            p.p90,
-            p.p99,
-            p.p999,
-            p.max
-        );
-        for (i, n) in self.per_worker().into_iter().enumerate() {
-            let _ = write!(s, "{}{n}", if i == 0 { "" } else { "," });
-        }
-        match self.jain() {
-            Some(j) => {
-                let _ = write!(s, "],\"jain\":{j:.6}}}");
-            }
-            None => s.push_str("],\"jain\":null}"),
-        }
-        s
+        let errors: Map<String, Value> =
+            self.errors.by_kind().into_iter().map(|(name, n)| (name.to_owned(), n.into())).collect();
+        json!({
+            "url": self.url,
+            "mode": self.mode.to_string(),
+            "connections": self.connections,
+            "threads": self.threads,
+            "requests": self.requests,
+            "errors": errors,
+            "elapsed_s": json_number(self.elapsed.as_secs_f64(), 6),
+            "rps": json_number(self.rps(), 3),
+            "p50_us": p.p50,
+            "p90_us": p.p90,
+            "p99_us": p.p99,
+            "p999_us": p.p999,
+            "max_us": p.max,
+            "per_worker": self.per_worker(),
+            "jain": self.jain().map(|j| json_number(j, 6)),
+        })
+        .to_string()
     }
 }
 
@@ -238,7 +228,7 @@ mod tests {
         assert!(json.contains(
             "\"requests\":1000,\"errors\":{\"refused\":1,\"reset\":0,\"timeout\":0,\"bad_status\":0,\"no_port\":0,\"other\":1}"
         ));
-        assert!(json.contains("\"elapsed_s\":2.500000,\"rps\":400.000,\"p50_us\":"));
+        assert!(json.contains("\"elapsed_s\":2.5,\"rps\":400.0,\"p50_us\":"), "{json}");
         assert!(json.contains("\"per_worker\":[600,0,400,0],\"jain\":0.480769}"), "{json}");
         assert!(!json.contains('\n'));
     }

@@ -24,7 +24,7 @@
 //! with any other connection from the same address, whatever its destination — exhausting ports
 //! sooner than not binding at all. `IP_BIND_ADDRESS_NO_PORT` defers the port choice to
 //! `connect`, when the full tuple is known, and lets ports be shared exactly as for an unbound
-//! socket. rustix has no wrapper for it; `nix` has.
+//! socket. rustix has no wrapper for it; nix has (`sockopt::IpBindAddressNoPort`).
 //!
 //! If the kernel still finds no free port, `connect` fails with `EADDRNOTAVAIL`; the engine
 //! counts that as a `no_port` error and carries on.
@@ -42,6 +42,8 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+use nix::sys::socket::setsockopt;
+use nix::sys::socket::sockopt::IpBindAddressNoPort;
 use rustix::io::Errno;
 use rustix::net::{self, AddressFamily, SocketAddrUnix, SocketFlags, SocketType, sockopt};
 
@@ -125,8 +127,7 @@ fn start_connect(fd: OwnedFd, addr: &impl net::addr::SocketAddrArg) -> Result<Ow
 
 /// Sets `IP_BIND_ADDRESS_NO_PORT`, so a later `bind(addr:0)` leaves the port to `connect`.
 fn set_bind_address_no_port(fd: BorrowedFd<'_>) -> Result<(), Errno> {
-    nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::IpBindAddressNoPort, &true)
-        .map_err(|e| Errno::from_raw_os_error(e as i32))
+    setsockopt(&fd, IpBindAddressNoPort, &true).map_err(|e| Errno::from_raw_os_error(e as i32))
 }
 
 #[cfg(test)]
@@ -148,6 +149,16 @@ mod tests {
             seen.push(peer.ip().to_string());
         }
         assert_eq!(seen, ["127.0.0.3", "127.0.0.4", "127.0.0.2", "127.0.0.3"]);
+    }
+
+    #[test]
+    fn source_bound_sockets_leave_the_port_to_connect() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = Endpoint::Tcp(listener.local_addr().unwrap());
+        let bound = Dialer::new(&endpoint, 1, 0, false).unwrap().dial().unwrap();
+        assert!(nix::sys::socket::getsockopt(&bound, IpBindAddressNoPort).unwrap());
+        let unbound = Dialer::new(&endpoint, 0, 0, false).unwrap().dial().unwrap();
+        assert!(!nix::sys::socket::getsockopt(&unbound, IpBindAddressNoPort).unwrap());
     }
 
     #[test]
