@@ -3,6 +3,7 @@
 use std::io;
 use std::time::Duration;
 
+use crate::accept::Backend;
 use crate::config::{Config, Heartbeat, MAX_WORKERS};
 use crate::listener::{BindOptions, UnixPath};
 use crate::mode::{self, Distribution, Mode};
@@ -24,6 +25,15 @@ impl Builder {
     /// How connections reach workers (default: shared, `epoll-rotate`).
     pub fn mode(mut self, mode: Mode) -> Builder {
         self.config.mode = mode;
+        self
+    }
+
+    /// How connections are taken off listeners (default [`Backend::Epoll`]). With
+    /// [`Backend::IoUring`], herd checks at start that io_uring can run here, and falls back to
+    /// epoll with an [`Event::Warning`] saying why if it cannot; [`Primary::backend`] tells
+    /// which one runs.
+    pub fn backend(mut self, backend: Backend) -> Builder {
+        self.config.backend = backend;
         self
     }
 

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::ListenAddr;
+use crate::accept::Backend;
 use crate::mode::{Mode, handoff};
 
 /// The default `listen(2)` backlog.
@@ -22,11 +23,14 @@ pub const MAX_WORKERS: usize = 1024;
 
 /// A cluster's settings. Build one with [`crate::Cluster::builder`].
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Config {
     /// Where to listen.
     pub listen: ListenAddr,
     /// How connections reach workers.
     pub mode: Mode,
+    /// How connections are taken off listeners (default epoll).
+    pub backend: Backend,
     /// How many workers (default: the number of CPUs).
     pub workers: usize,
     /// The `listen(2)` backlog.
@@ -75,6 +79,7 @@ impl Config {
         Config {
             listen,
             mode: Mode::default(),
+            backend: Backend::default(),
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             backlog: DEFAULT_BACKLOG,
             handoff_window: handoff::DEFAULT_WINDOW,

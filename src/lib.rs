@@ -125,6 +125,7 @@ mod stream;
 mod sys;
 mod worker;
 
+pub use accept::{Backend, ParseBackendError};
 pub use addr::{AddrParseError, ListenAddr};
 pub use cluster::{Builder, Cluster};
 pub use config::{

@@ -17,6 +17,7 @@ use crate::sys::shm::{CacheLine, SharedRegion};
 
 /// The counters of one worker slot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WorkerStats {
     /// How often the worker woke up for its accept source: an `epoll_wait` that reported the
     /// listener (or the channel, in handoff) readable, or a blocking `accept` that returned.
@@ -32,6 +33,11 @@ pub struct WorkerStats {
     pub handoffs_acked: u64,
     /// Connections the worker finished with (its [`crate::Stream`] was dropped or released).
     pub closed: u64,
+    /// System calls herd made in this slot's processes on its hot path: `accept4`,
+    /// `epoll_wait`, `epoll_ctl`, `io_uring_enter`, `sendmsg`, `recvmsg`, and an eventfd's
+    /// `read` and `write`. Exact: each wrapper counts its own call. The program's own calls
+    /// (reading and writing its connections, closing them) are not herd's and not counted.
+    pub syscalls: u64,
 }
 
 impl WorkerStats {
@@ -43,6 +49,7 @@ impl WorkerStats {
 
 /// The primary's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PrimaryStats {
     /// Connections the primary accepted (handoff mode).
     pub accepted: u64,
@@ -53,6 +60,11 @@ pub struct PrimaryStats {
     /// Unacknowledged handoffs taken back from a worker that died or rejected them, and given
     /// to another.
     pub requeued: u64,
+    /// System calls the primary made on its hot path: as [`WorkerStats::syscalls`] counts
+    /// them, plus the `close` of each descriptor it handed on (on epoll; the io_uring backend
+    /// closes them in its ring). Supervision's own calls (`fork`, `waitid`, reading signals
+    /// and timers) are not counted.
+    pub syscalls: u64,
 }
 
 /// Indexes into a worker's cache line.
@@ -65,6 +77,7 @@ pub(crate) enum WorkerCounter {
     HandoffsReceived,
     HandoffsAcked,
     Closed,
+    Syscalls,
 }
 
 /// Indexes into the primary's cache line.
@@ -75,6 +88,7 @@ pub(crate) enum PrimaryCounter {
     Dispatched,
     Queued,
     Requeued,
+    Syscalls,
 }
 
 /// Where the primary records how many slots are in use (its line's last cell).
@@ -121,6 +135,16 @@ impl Counters {
         self.line(0).0[which as usize].fetch_add(by, Ordering::Relaxed);
     }
 
+    /// From now on, this process counts its hot-path system calls in the primary's line.
+    pub(crate) fn count_syscalls_as_primary(&self) {
+        crate::sys::tally::count_into(&self.region, 0, PrimaryCounter::Syscalls as usize);
+    }
+
+    /// From now on, this process counts its hot-path system calls in worker slot `slot`'s line.
+    pub(crate) fn count_syscalls_as_worker(&self, slot: usize) {
+        crate::sys::tally::count_into(&self.region, 1 + slot, WorkerCounter::Syscalls as usize);
+    }
+
     /// A snapshot of worker slot `slot`'s counters.
     ///
     /// # Panics
@@ -136,6 +160,7 @@ impl Counters {
             handoffs_received: get(WorkerCounter::HandoffsReceived),
             handoffs_acked: get(WorkerCounter::HandoffsAcked),
             closed: get(WorkerCounter::Closed),
+            syscalls: get(WorkerCounter::Syscalls),
         }
     }
 
@@ -148,6 +173,7 @@ impl Counters {
             dispatched: get(PrimaryCounter::Dispatched),
             queued: get(PrimaryCounter::Queued),
             requeued: get(PrimaryCounter::Requeued),
+            syscalls: get(PrimaryCounter::Syscalls),
         }
     }
 
@@ -176,6 +202,7 @@ impl Snapshot {
             handoffs_received: a.handoffs_received + w.handoffs_received,
             handoffs_acked: a.handoffs_acked + w.handoffs_acked,
             closed: a.closed + w.closed,
+            syscalls: a.syscalls + w.syscalls,
         })
     }
 }
@@ -185,14 +212,14 @@ impl fmt::Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:>6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-            "worker", "wakeups", "accepts", "eagains", "handoffs", "acked", "closed"
+            "{:>6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "worker", "wakeups", "accepts", "eagains", "handoffs", "acked", "closed", "syscalls"
         )?;
         let row = |f: &mut fmt::Formatter<'_>, name: &str, w: &WorkerStats| {
             writeln!(
                 f,
-                "{:>6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-                name, w.wakeups, w.accepts, w.eagains, w.handoffs_received, w.handoffs_acked, w.closed
+                "{:>6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                name, w.wakeups, w.accepts, w.eagains, w.handoffs_received, w.handoffs_acked, w.closed, w.syscalls
             )
         };
         for (i, w) in self.workers.iter().enumerate() {
@@ -202,8 +229,8 @@ impl fmt::Display for Snapshot {
         let p = &self.primary;
         write!(
             f,
-            "primary: accepted {} dispatched {} queued {} requeued {}",
-            p.accepted, p.dispatched, p.queued, p.requeued
+            "primary: accepted {} dispatched {} queued {} requeued {} syscalls {}",
+            p.accepted, p.dispatched, p.queued, p.requeued, p.syscalls
         )
     }
 }

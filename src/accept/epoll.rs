@@ -1,7 +1,7 @@
 //! The epoll accept backend: how a worker's epoll instance watches its listener.
 //!
-//! Three ways, one per shared-mode strategy (reuseport uses [`Wait::Level`] on its own
-//! listener, where there is nobody to race):
+//! Three ways, one per shared-mode strategy (reuseport uses [`Wait::Own`]: level-triggered on
+//! its own listener, where there is nobody to race):
 //!
 //! - [`Wait::Level`] — a plain level-triggered `EPOLLIN`. When every worker's epoll watches
 //!   the same listener, each new connection wakes *every* idle worker; one wins `accept`, the
@@ -44,7 +44,7 @@ impl ListenerWatch {
     }
 
     fn interest(&self) -> Interest {
-        Interest { exclusive: self.wait != Wait::Level, ..Interest::READABLE }
+        Interest { exclusive: matches!(self.wait, Wait::Exclusive | Wait::Rotate), ..Interest::READABLE }
     }
 
     /// Starts watching (`EPOLL_CTL_ADD`).

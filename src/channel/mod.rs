@@ -214,6 +214,13 @@ impl From<OwnedFd> for Channel {
     }
 }
 
+impl From<Channel> for OwnedFd {
+    /// The socket, for closing it some other way (through an io_uring, say).
+    fn from(channel: Channel) -> OwnedFd {
+        channel.fd
+    }
+}
+
 impl AsFd for Channel {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()

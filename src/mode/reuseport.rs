@@ -144,7 +144,7 @@ impl Distribution for Reuseport {
     }
 
     fn worker_accept(&mut self, slot: usize) -> Option<WorkerAccept> {
-        // Level-triggered: nobody else waits on this listener, so there is no herd to avoid.
-        self.listeners.get_mut(slot).and_then(Option::take).map(|listener| WorkerAccept { listener, wait: Wait::Level })
+        // Nobody else waits on this listener: there is no herd to avoid.
+        self.listeners.get_mut(slot).and_then(Option::take).map(|listener| WorkerAccept::new(listener, Wait::Own))
     }
 }

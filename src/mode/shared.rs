@@ -127,6 +127,6 @@ impl Distribution for Shared {
             SharedAccept::EpollRotate => Wait::Rotate,
             SharedAccept::Blocking => Wait::Thread,
         };
-        self.listener.take().map(|listener| WorkerAccept { listener, wait })
+        self.listener.take().map(|listener| WorkerAccept::new(listener, wait))
     }
 }

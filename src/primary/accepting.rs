@@ -52,6 +52,13 @@ impl Accepting {
     pub(super) fn new() -> Accepting {
         Accepting { dirty: true, ..Accepting::default() }
     }
+
+    /// Listener `id` is no longer watched (its io_uring accept ended): reconcile again.
+    #[cfg(feature = "io-uring")]
+    pub(super) fn unwatch(&mut self, id: usize) {
+        self.watched.remove(&id);
+        self.dirty = true;
+    }
 }
 
 impl Primary {
@@ -61,9 +68,9 @@ impl Primary {
             return Ok(());
         }
         self.accepting.dirty = false;
-        let Some(mode) = &self.mode else { return Ok(()) };
-        let io = self.io.as_ref().expect("the primary's descriptors exist in the primary");
         let slots = self.slot_view();
+        let Some(mode) = &self.mode else { return Ok(()) };
+        let io = self.io.as_mut().expect("the primary's descriptors exist in the primary");
         for id in 0..mode.listener_count() {
             let Some(listener) = mode.listener(id) else {
                 self.accepting.watched.remove(&id);
@@ -71,6 +78,29 @@ impl Primary {
             };
             let want = self.accepting.paused.is_none() && mode.primary_accepts(id, &slots);
             let have = self.accepting.watched.contains(&id);
+            #[cfg(feature = "io-uring")]
+            if let Some(r) = &mut io.ring {
+                // A multishot accept in the ring instead of an epoll registration.
+                let result = if want && !have {
+                    r.arm_accept(id, listener).map(|()| {
+                        self.accepting.watched.insert(id);
+                    })
+                } else if !want && have {
+                    r.disarm_accept(id).map(|()| {
+                        self.accepting.watched.remove(&id);
+                    })
+                } else {
+                    Ok(())
+                };
+                if let Err(e) = result {
+                    self.events.push_back(crate::Event::Warning {
+                        id: None,
+                        pid: None,
+                        message: format!("io_uring: accepting on listener {id}: {e}"),
+                    });
+                }
+                continue;
+            }
             let result = if want && !have {
                 io.epoll.add(listener, Token::Listener(id).into(), Interest::READABLE).map(|()| {
                     self.accepting.watched.insert(id);
@@ -115,19 +145,25 @@ impl Primary {
             }
         }
         self.counters.bump_primary(PrimaryCounter::Accepted, burst.len() as u64);
-        if let Some(d) = &mut self.dispatcher {
-            d.push_all(burst);
-        }
+        self.hand_on_accepted(burst);
         if let Some(e) = backoff {
             self.back_off_accepting(&e);
-        }
-        if self.dispatcher.as_ref().is_some_and(|d| d.queued() >= self.config.handoff_queue_limit) {
-            self.pause_accepting(Pause::QueueFull);
         }
         Ok(())
     }
 
-    fn back_off_accepting(&mut self, e: &io::Error) {
+    /// Gives freshly accepted connections to the dispatcher; a queue at its limit pauses
+    /// accepting.
+    pub(super) fn hand_on_accepted(&mut self, burst: Vec<OwnedFd>) {
+        if let Some(d) = &mut self.dispatcher {
+            d.push_all(burst);
+        }
+        if self.dispatcher.as_ref().is_some_and(|d| d.queued() >= self.config.handoff_queue_limit) {
+            self.pause_accepting(Pause::QueueFull);
+        }
+    }
+
+    pub(super) fn back_off_accepting(&mut self, e: &io::Error) {
         let now = Instant::now();
         if self.accepting.last_warning.is_none_or(|t| now.duration_since(t) >= WARN_EVERY) {
             self.accepting.last_warning = Some(now);

@@ -121,7 +121,7 @@ impl Primary {
             self.vacated.insert(slot);
         }
         self.accepting.dirty = true;
-        let _ = self.after_turn();
+        let _ = self.settle();
     }
 
     /// Whether the worker `pid` is alive with its channel open.

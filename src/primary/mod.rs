@@ -26,12 +26,15 @@ mod outbox;
 mod spawn;
 mod supervise;
 mod timers;
+#[cfg(feature = "io-uring")]
+mod uring;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
+use crate::accept::Backend;
 use crate::channel::{Channel, ChannelError, Message};
 use crate::config::Config;
 use crate::listener::UnixPath;
@@ -120,6 +123,9 @@ struct PrimaryIo {
     epoll: Epoll,
     signals: Option<SignalFd>,
     alarm: Alarm,
+    /// The ring, in handoff mode on io_uring: then the primary waits in it (`uring.rs`).
+    #[cfg(feature = "io-uring")]
+    ring: Option<uring::PrimaryRing>,
 }
 
 /// The primary's view of one worker process.
@@ -162,6 +168,8 @@ pub struct Primary {
     config: Config,
     local_addr: ListenAddr,
     counters: Counters,
+    /// The backend that runs: the one asked for, or epoll if io_uring cannot run here.
+    backend: Backend,
     /// `None` in a forked worker once it took what it needs.
     mode: Option<Box<dyn Distribution>>,
     _unix_path: Option<UnixPath>,
@@ -216,6 +224,7 @@ impl Slots for SlotView {
 impl Primary {
     pub(crate) fn start(bound: Bound, worker_main: WorkerMain) -> io::Result<Primary> {
         let Bound { config, local_addr, mode, unix_path, counters } = bound;
+        counters.count_syscalls_as_primary();
         let (signals, saved_mask) = if config.handle_signals {
             let set = SignalSet::of(&PRIMARY_SIGNALS);
             let saved = set.block()?;
@@ -229,13 +238,42 @@ impl Primary {
         } else {
             (None, None)
         };
-        let io = PrimaryIo { epoll: Epoll::new()?, signals, alarm: Alarm::new()? };
+        #[cfg_attr(not(feature = "io-uring"), allow(unused_mut))]
+        let mut io = PrimaryIo {
+            epoll: Epoll::new()?,
+            signals,
+            alarm: Alarm::new()?,
+            #[cfg(feature = "io-uring")]
+            ring: None,
+        };
         if let Some(s) = &io.signals {
             io.epoll.add(s, Token::Signals.into(), Interest::READABLE)?;
         }
         io.epoll.add(io.alarm.timer(), Token::Alarm.into(), Interest::READABLE)?;
-        let dispatcher = mode.uses_lanes().then(|| Dispatcher::new(config.handoff_window, counters.clone()));
+        #[cfg_attr(not(feature = "io-uring"), allow(unused_mut))]
+        let mut dispatcher = mode.uses_lanes().then(|| Dispatcher::new(config.handoff_window, counters.clone()));
+        let mut warnings = Vec::new();
+        let backend = match config.backend.available() {
+            Ok(()) => config.backend,
+            Err(why) => {
+                warnings.push(format!("{} is unavailable: {why}; using epoll", config.backend));
+                Backend::Epoll
+            }
+        };
+        if backend == Backend::IoUring
+            && matches!(config.mode, crate::mode::Mode::Shared(s) if !matches!(s, crate::SharedAccept::EpollExclusive | crate::SharedAccept::EpollRotate))
+        {
+            warnings.push(format!("shared/{} has no io_uring form: workers wait with it on epoll", config.mode));
+        }
+        // In handoff mode the primary accepts and hands on every connection: on io_uring it
+        // does so through its own ring, and waits in it.
+        #[cfg(feature = "io-uring")]
+        if let (Backend::IoUring, Some(d)) = (backend, &mut dispatcher) {
+            io.ring = Some(uring::PrimaryRing::new()?);
+            d.use_ring();
+        }
         let mut primary = Primary {
+            backend,
             target: config.workers,
             restarts: Restarts::new(config.restart_limit, config.restart_window),
             config,
@@ -265,13 +303,16 @@ impl Primary {
         if let Some(hb) = primary.config.heartbeat {
             primary.deadlines.heartbeat = Some(Instant::now() + hb.interval);
         }
+        for message in warnings {
+            primary.warn(message);
+        }
         // The first fork's failure is the caller's to see (a multi-threaded primary, say); later
         // ones are events, retried, while the workers already forked serve.
         primary.spawn(0, 0)?;
         for slot in 1..primary.target {
             primary.spawn_or_retry(slot, 0);
         }
-        primary.after_turn()?;
+        primary.settle()?;
         Ok(primary)
     }
 
@@ -289,6 +330,12 @@ impl Primary {
         &self.counters
     }
 
+    /// The accept backend that runs: the one asked for ([`crate::Builder::backend`]), or epoll
+    /// if io_uring cannot run here.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
     /// Turns the primary's loop until something happens, and reports it. Returns `Ok(None)` once
     /// every worker has exited after a shutdown (or once none is left at all).
     ///
@@ -304,6 +351,13 @@ impl Primary {
     /// `Ok(None)` at the timeout as at the end; tell them apart with
     /// [`is_finished`](Self::is_finished).
     pub fn next_event_timeout(&mut self, timeout: Option<Duration>) -> io::Result<Option<Event>> {
+        let result = self.next_event_inner(timeout);
+        // On io_uring, what the turns queued goes to the kernel before the caller has control.
+        self.submit_ring()?;
+        result
+    }
+
+    fn next_event_inner(&mut self, timeout: Option<Duration>) -> io::Result<Option<Event>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             if let Some(event) = self.events.pop_front() {
@@ -356,15 +410,29 @@ impl Primary {
     /// Begins a shutdown, as SIGTERM does (`graceful`) or SIGQUIT does (not).
     pub fn shutdown(&mut self, graceful: bool) -> io::Result<()> {
         self.begin_shutdown(0, graceful);
-        self.after_turn()
+        self.settle()
     }
 
-    /// One `epoll_wait` (at most `timeout`) and everything it reported; returns how many
-    /// descriptors were ready.
+    /// One `epoll_wait` (at most `timeout`) and everything it reported — or, on io_uring, one
+    /// `io_uring_enter` (`uring.rs`); returns how many descriptors or completions were ready.
     fn turn(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
+        #[cfg(feature = "io-uring")]
+        if self.io().ring.is_some() {
+            return self.turn_ring(timeout);
+        }
         let mut ready = std::mem::take(&mut self.ready);
         self.io().epoll.wait(&mut ready, timeout)?;
-        for r in &ready {
+        let result = self.dispatch_ready(&ready);
+        let n = ready.len();
+        self.ready = ready;
+        result?;
+        self.after_turn()?;
+        Ok(n)
+    }
+
+    /// Acts on what `epoll_wait` reported.
+    fn dispatch_ready(&mut self, ready: &[Ready]) -> io::Result<()> {
+        for r in ready {
             match Token::from_u64(r.token) {
                 Some(Token::Signals) => self.on_signals()?,
                 Some(Token::Alarm) => self.on_alarm(),
@@ -391,15 +459,27 @@ impl Primary {
                 None => {}
             }
         }
-        let n = ready.len();
-        self.ready = ready;
+        Ok(())
+    }
+
+    /// [`after_turn`](Self::after_turn) for the program's calls from outside a turn (a
+    /// shutdown, a reload...): on io_uring, what it queued is submitted at once.
+    fn settle(&mut self) -> io::Result<()> {
         self.after_turn()?;
-        Ok(n)
+        self.submit_ring()
+    }
+
+    /// Without io_uring there is no ring to submit to.
+    #[cfg(not(feature = "io-uring"))]
+    fn submit_ring(&mut self) -> io::Result<()> {
+        Ok(())
     }
 
     /// What every turn ends with: hand out what the dispatcher can, settle which listeners the
     /// primary watches, collect warnings, arm the alarm, decide whether it is all over.
     fn after_turn(&mut self) -> io::Result<()> {
+        #[cfg(feature = "io-uring")]
+        self.ring_after_turn();
         self.disconnect_all_once_drained();
         self.resume_if_queue_drained();
         self.reconcile_accepting()?;
@@ -755,9 +835,14 @@ impl Primary {
 }
 
 impl AsFd for Primary {
-    /// The primary's epoll instance: readable whenever [`Primary::try_event`] has something to
-    /// do. Register it (level- or edge-triggered) in a host's event loop.
+    /// The primary's epoll instance — or, in handoff mode on io_uring, its ring: readable
+    /// whenever [`Primary::try_event`] has something to do. Register it (level- or
+    /// edge-triggered) in a host's event loop.
     fn as_fd(&self) -> BorrowedFd<'_> {
+        #[cfg(feature = "io-uring")]
+        if let Some(r) = &self.io().ring {
+            return r.ring.as_fd();
+        }
         self.io().epoll.as_fd()
     }
 }
@@ -774,6 +859,11 @@ impl Drop for Primary {
         }
         if let Some(mask) = &self.saved_mask {
             let _ = mask.set_mask();
+        }
+        // The ring goes first, while every descriptor its operations name is still open.
+        #[cfg(feature = "io-uring")]
+        if let Some(io) = &mut self.io {
+            io.ring = None;
         }
     }
 }

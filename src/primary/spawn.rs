@@ -44,13 +44,20 @@ impl Primary {
                 let key = self.next_key;
                 self.next_key += 1;
                 let io = self.io();
+                // On io_uring the lane's acknowledgements come through the primary's ring.
+                #[cfg(feature = "io-uring")]
+                let lane_in_epoll = io.ring.is_none();
+                #[cfg(not(feature = "io-uring"))]
+                let lane_in_epoll = true;
                 let watched = io
                     .epoll
                     .add(&ours, Token::Control(key).into(), Interest::READABLE)
                     .and_then(|()| io.epoll.add(&child, Token::Pidfd(key).into(), Interest::READABLE))
                     .and_then(|()| match &lane {
-                        Some((lane_ours, _)) => io.epoll.add(lane_ours, Token::Lane(key).into(), Interest::READABLE),
-                        None => Ok(()),
+                        Some((lane_ours, _)) if lane_in_epoll => {
+                            io.epoll.add(lane_ours, Token::Lane(key).into(), Interest::READABLE)
+                        }
+                        _ => Ok(()),
                     });
                 if let Err(e) = watched {
                     // A worker the primary cannot hear from must not live on unsupervised.
@@ -103,6 +110,8 @@ impl Primary {
         lane: Option<Channel>,
         fork_mask: SignalSet,
     ) -> i32 {
+        // From here on this process's system calls are the worker's, not the primary's.
+        self.counters.count_syscalls_as_worker(slot);
         // Close the primary's descriptors: its epoll, signalfd and timer, the other workers'
         // channels, lanes and pidfds, and the connections queued in the primary — or those
         // connections would stay open as long as this worker lives.
@@ -137,7 +146,7 @@ impl Primary {
             generation,
             kind,
             control,
-            accept,
+            accept.map(|a| a.on(self.backend)),
             lane.map(|l| (l, window)),
             self.counters.clone(),
         ) {

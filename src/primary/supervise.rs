@@ -246,7 +246,7 @@ impl Primary {
     /// an [`Event::SpawnFailed`] and fails that slot's reload.
     pub fn reload(&mut self) -> std::io::Result<()> {
         self.start_reload();
-        self.after_turn()
+        self.settle()
     }
 
     pub(super) fn start_reload(&mut self) {
@@ -341,7 +341,7 @@ impl Primary {
     /// As [`reload`](Self::reload).
     pub fn scale(&mut self, workers: usize) -> std::io::Result<()> {
         self.change_scale(workers);
-        self.after_turn()
+        self.settle()
     }
 
     pub(super) fn change_scale(&mut self, workers: usize) {

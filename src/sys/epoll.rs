@@ -85,18 +85,21 @@ impl Epoll {
     ///
     /// [`epoll_ctl(2)`]: https://man7.org/linux/man-pages/man2/epoll_ctl.2.html
     pub fn add(&self, fd: impl AsFd, token: u64, interest: Interest) -> io::Result<()> {
+        super::tally::count(1);
         epoll::add(&self.fd, fd, epoll::EventData::new_u64(token), interest.flags())
             .map_err(|e| super::context(super::from_errno(e), "epoll_ctl(EPOLL_CTL_ADD)"))
     }
 
     /// Corresponds to `epoll_ctl(EPOLL_CTL_MOD)`. `interest.exclusive` must be false.
     pub fn modify(&self, fd: impl AsFd, token: u64, interest: Interest) -> io::Result<()> {
+        super::tally::count(1);
         epoll::modify(&self.fd, fd, epoll::EventData::new_u64(token), interest.flags())
             .map_err(|e| super::context(super::from_errno(e), "epoll_ctl(EPOLL_CTL_MOD)"))
     }
 
     /// Corresponds to `epoll_ctl(EPOLL_CTL_DEL)`.
     pub fn delete(&self, fd: impl AsFd) -> io::Result<()> {
+        super::tally::count(1);
         epoll::delete(&self.fd, fd).map_err(|e| super::context(super::from_errno(e), "epoll_ctl(EPOLL_CTL_DEL)"))
     }
 
@@ -110,6 +113,7 @@ impl Epoll {
             [epoll::Event { flags: epoll::EventFlags::empty(), data: epoll::EventData::new_u64(0) }; MAX_EVENTS];
         out.clear();
         let n = loop {
+            super::tally::count(1);
             match epoll::wait(&self.fd, &mut events[..], timeout.as_ref()) {
                 Ok(n) => break n,
                 Err(rustix::io::Errno::INTR) => continue,

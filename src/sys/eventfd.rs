@@ -23,12 +23,14 @@ impl EventFd {
 
     /// Adds one to the counter, making the descriptor readable.
     pub fn notify(&self) {
+        super::tally::count(1);
         let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
     }
 
     /// Resets the counter to zero, so the descriptor stops being readable.
     pub fn clear(&self) {
         let mut buf = [0u8; 8];
+        super::tally::count(1);
         let _ = rustix::io::read(&self.fd, &mut buf);
     }
 }

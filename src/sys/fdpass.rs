@@ -75,6 +75,7 @@ pub fn send_with_fds(
         flags |= SendFlags::DONTWAIT;
     }
     loop {
+        super::tally::count(1);
         match rustix::net::sendmsg(sock, iov, &mut control, flags) {
             Ok(n) => return Ok(n),
             Err(rustix::io::Errno::INTR) => continue,
@@ -124,6 +125,7 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], options: RecvOptions)
     }
     let msg = loop {
         let mut iov = [IoSliceMut::new(buf)];
+        super::tally::count(1);
         match rustix::net::recvmsg(sock, &mut iov, &mut control, flags) {
             Ok(m) => break m,
             Err(rustix::io::Errno::INTR) => continue,
@@ -158,6 +160,7 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], options: RecvOptions)
 pub fn discard(sock: BorrowedFd<'_>) -> io::Result<()> {
     let mut control = RecvAncillaryBuffer::new(&mut []);
     loop {
+        super::tally::count(1);
         match rustix::net::recvmsg(sock, &mut [], &mut control, RecvFlags::DONTWAIT) {
             Ok(_) => return Ok(()),
             Err(rustix::io::Errno::INTR) => continue,

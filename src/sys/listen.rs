@@ -104,6 +104,7 @@ pub fn accept(listener: impl AsFd, nonblocking: bool) -> io::Result<OwnedFd> {
     if nonblocking {
         flags |= SocketFlags::NONBLOCK;
     }
+    super::tally::count(1);
     rustix::net::accept_with(listener, flags).map_err(from_errno)
 }
 

@@ -21,7 +21,10 @@ pub mod process;
 pub mod shm;
 pub mod signal;
 pub mod sockopt;
+pub mod tally;
 pub mod timerfd;
+#[cfg(feature = "io-uring")]
+pub mod uring;
 
 use std::io;
 

@@ -112,6 +112,18 @@ impl Worker {
                     slot: self.id,
                 })
             }
+            #[cfg(feature = "io-uring")]
+            Accepting::Uring(uring) => {
+                // Connections the ring took before the cancel are served here, as events.
+                let mut taken = Vec::new();
+                let listener = uring.stop(&mut taken)?;
+                for fd in taken {
+                    self.counters.bump_worker(self.id, WorkerCounter::Accepts, 1);
+                    let stream = Stream::new(fd, self.kind, self.counters.clone(), self.id);
+                    self.events.push_back(super::WorkerEvent::Connection(stream));
+                }
+                Ok(WorkerListener { listener, kind: self.kind, counters: self.counters.clone(), slot: self.id })
+            }
             Accepting::Thread(acceptor) => {
                 self.accepting = Accepting::Thread(acceptor);
                 Err(io::Error::new(

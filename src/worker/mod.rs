@@ -41,6 +41,8 @@ pub use incoming::Incoming;
 use lane::LaneReader;
 pub use listener::WorkerListener;
 
+#[cfg(feature = "io-uring")]
+use crate::accept::Backend;
 use crate::accept::blocking::BlockingAcceptor;
 use crate::accept::epoll::ListenerWatch;
 use crate::accept::{Wait, WorkerAccept};
@@ -100,6 +102,9 @@ enum Accepting {
     Epoll(ListenerWatch),
     /// From a thread parked in `accept`.
     Thread(BlockingAcceptor),
+    /// From an io_uring accept, the ring in the worker's epoll.
+    #[cfg(feature = "io-uring")]
+    Uring(Box<crate::accept::uring::UringAccept>),
 }
 
 /// Where the lane stands.
@@ -204,12 +209,18 @@ impl Worker {
         let lane_only = accept.is_none();
         let accepting = match accept {
             None => Accepting::Nothing,
-            Some(WorkerAccept { listener, wait: Wait::Thread }) => {
+            Some(WorkerAccept { listener, wait: Wait::Thread, .. }) => {
                 let acceptor = BlockingAcceptor::start(listener, counters.clone(), id)?;
                 epoll.add(acceptor.wake_fd(), TOKEN_ACCEPT_THREAD, Interest::READABLE)?;
                 Accepting::Thread(acceptor)
             }
-            Some(WorkerAccept { listener, wait }) => {
+            #[cfg(feature = "io-uring")]
+            Some(WorkerAccept { listener, wait, backend: Backend::IoUring }) if wait.on_uring().is_some() => {
+                let uring = crate::accept::uring::UringAccept::new(listener, wait.on_uring().expect("checked"))?;
+                epoll.add(&uring, TOKEN_LISTENER, Interest::READABLE)?;
+                Accepting::Uring(Box::new(uring))
+            }
+            Some(WorkerAccept { listener, wait, .. }) => {
                 let mut watch = ListenerWatch::new(listener, wait, TOKEN_LISTENER);
                 watch.arm(&epoll)?;
                 Accepting::Epoll(watch)
@@ -466,7 +477,8 @@ mod tests {
         let (primary, control) = Channel::pair().unwrap();
         let counters = Counters::new(1).unwrap();
         let worker =
-            Worker::new(0, 0, StreamKind::Tcp, control, Some(WorkerAccept { listener, wait }), None, counters).unwrap();
+            Worker::new(0, 0, StreamKind::Tcp, control, Some(WorkerAccept::new(listener, wait)), None, counters)
+                .unwrap();
         (worker, primary, addr)
     }
 

@@ -63,7 +63,7 @@ impl Worker {
             self.read_lane()?;
         }
         if pending.listener {
-            self.accept_one()?;
+            self.on_listener()?;
         }
         if pending.accept_thread {
             self.take_from_accept_thread()?;
@@ -72,6 +72,47 @@ impl Worker {
             self.on_timer()?;
         }
         self.send_warnings();
+        Ok(())
+    }
+
+    /// The listener (or the accept ring) is ready.
+    pub(super) fn on_listener(&mut self) -> io::Result<()> {
+        match &mut self.accepting {
+            Accepting::Epoll(_) => self.accept_one(),
+            #[cfg(feature = "io-uring")]
+            Accepting::Uring(_) => self.take_from_ring(),
+            _ => Ok(()),
+        }
+    }
+
+    /// What the accept ring delivered: every connection, with no system call per connection.
+    #[cfg(feature = "io-uring")]
+    fn take_from_ring(&mut self) -> io::Result<()> {
+        let Accepting::Uring(uring) = &mut self.accepting else { return Ok(()) };
+        self.counters.bump_worker(self.id, WorkerCounter::Wakeups, 1);
+        let mut accepted = Vec::new();
+        uring.take(&mut accepted)?;
+        for a in accepted {
+            match a {
+                Accepted::Connection(fd) => {
+                    self.counters.bump_worker(self.id, WorkerCounter::Accepts, 1);
+                    let stream = Stream::new(fd, self.kind, self.counters.clone(), self.id);
+                    self.events.push_back(WorkerEvent::Connection(stream));
+                }
+                Accepted::Empty => self.counters.bump_worker(self.id, WorkerCounter::Eagains, 1),
+                Accepted::Retry => {}
+                Accepted::BackOff(e) => {
+                    self.warnings
+                        .queue
+                        .push(format!("accept (io_uring): {e}; pausing accepts for {:?}", accept::BACKOFF));
+                    self.accept_resume_at = Some(Instant::now() + accept::BACKOFF);
+                    self.arm_timer()?;
+                }
+                Accepted::Failed(e) => {
+                    return Err(crate::sys::context(e, format!("worker {}: accept (io_uring)", self.id)));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -180,8 +221,11 @@ impl Worker {
         let now = Instant::now();
         if self.accept_resume_at.is_some_and(|t| t <= now) {
             self.accept_resume_at = None;
-            if let (State::Running, Accepting::Epoll(watch)) = (self.state, &mut self.accepting) {
-                watch.arm(&self.epoll)?;
+            match (self.state, &mut self.accepting) {
+                (State::Running, Accepting::Epoll(watch)) => watch.arm(&self.epoll)?,
+                #[cfg(feature = "io-uring")]
+                (State::Running, Accepting::Uring(uring)) => uring.arm()?,
+                _ => {}
             }
         }
         match self.lane_state {
@@ -285,6 +329,18 @@ impl Worker {
             Accepting::Thread(acceptor) => {
                 acceptor.stop();
                 self.accepting = Accepting::Thread(acceptor);
+            }
+            #[cfg(feature = "io-uring")]
+            Accepting::Uring(uring) => {
+                // What the ring accepted before the cancel is this worker's, like a connection
+                // `accept4` returned: it is served.
+                let mut taken = Vec::new();
+                uring.stop(&mut taken)?;
+                for fd in taken {
+                    self.counters.bump_worker(self.id, WorkerCounter::Accepts, 1);
+                    let stream = Stream::new(fd, self.kind, self.counters.clone(), self.id);
+                    self.events.push_back(WorkerEvent::Connection(stream));
+                }
             }
             Accepting::Nothing => {}
         }

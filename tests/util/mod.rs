@@ -335,6 +335,8 @@ pub struct Row {
     pub handoffs: u64,
     pub acked: u64,
     pub closed: u64,
+    /// Hot-path system calls herd made in the worker.
+    pub syscalls: u64,
 }
 
 /// The per-worker rows (by id) and the primary's `accepted dispatched queued requeued`.
@@ -346,12 +348,20 @@ pub fn counters(stdout: &str) -> (BTreeMap<usize, Row>, [u64; 4]) {
         if let Some(rest) = line.strip_prefix("primary: ") {
             let nums: Vec<u64> = rest.split_whitespace().filter_map(|w| w.parse().ok()).collect();
             primary.copy_from_slice(&nums[..4]);
-        } else if words.len() == 7 {
+        } else if words.len() == 8 {
             if let Ok(id) = words[0].parse::<usize>() {
                 let n: Vec<u64> = words[1..].iter().map(|w| w.parse().unwrap()).collect();
                 rows.insert(
                     id,
-                    Row { wakeups: n[0], accepts: n[1], eagains: n[2], handoffs: n[3], acked: n[4], closed: n[5] },
+                    Row {
+                        wakeups: n[0],
+                        accepts: n[1],
+                        eagains: n[2],
+                        handoffs: n[3],
+                        acked: n[4],
+                        closed: n[5],
+                        syscalls: n[6],
+                    },
                 );
             }
         }

@@ -2,8 +2,9 @@
 //! them back — one line:
 //!
 //! ```text
-//! {"primary":{"accepted":0,"dispatched":0,"queued":0,"requeued":0},
-//!  "workers":[{"wakeups":5,"accepts":5,"eagains":0,"handoffs_received":0,"handoffs_acked":0,"closed":5},...]}
+//! {"primary":{"accepted":0,"dispatched":0,"queued":0,"requeued":0,"syscalls":3},
+//!  "workers":[{"wakeups":5,"accepts":5,"eagains":0,"handoffs_received":0,"handoffs_acked":0,"closed":5,
+//!    "syscalls":12},...]}
 //! ```
 //!
 //! The library's [`Snapshot`] knows nothing of serde (it depends on libc and rustix alone), so
@@ -26,6 +27,7 @@ pub fn encode(s: &Snapshot) -> String {
                 "handoffs_received": w.handoffs_received,
                 "handoffs_acked": w.handoffs_acked,
                 "closed": w.closed,
+                "syscalls": w.syscalls,
             })
         })
         .collect();
@@ -34,6 +36,7 @@ pub fn encode(s: &Snapshot) -> String {
         "dispatched": p.dispatched,
         "queued": p.queued,
         "requeued": p.requeued,
+        "syscalls": p.syscalls,
     });
     json!({ "primary": primary, "workers": workers }).to_string()
 }
@@ -47,26 +50,27 @@ pub fn decode(stdout: &str) -> Result<Snapshot, String> {
         .ok_or("herd serve printed no counters on exit")?;
     let counters: Value = serde_json::from_str(line).map_err(|e| format!("the counters are not JSON: {e}"))?;
     let p = counters.get("primary").ok_or("no primary object in the counters")?;
-    let primary = PrimaryStats {
-        accepted: count(p, "accepted")?,
-        dispatched: count(p, "dispatched")?,
-        queued: count(p, "queued")?,
-        requeued: count(p, "requeued")?,
-    };
+    let mut primary = PrimaryStats::default();
+    primary.accepted = count(p, "accepted")?;
+    primary.dispatched = count(p, "dispatched")?;
+    primary.queued = count(p, "queued")?;
+    primary.requeued = count(p, "requeued")?;
+    primary.syscalls = count(p, "syscalls")?;
     let workers = counters
         .get("workers")
         .and_then(Value::as_array)
         .ok_or("no workers array in the counters")?
         .iter()
         .map(|w| {
-            Ok(WorkerStats {
-                wakeups: count(w, "wakeups")?,
-                accepts: count(w, "accepts")?,
-                eagains: count(w, "eagains")?,
-                handoffs_received: count(w, "handoffs_received")?,
-                handoffs_acked: count(w, "handoffs_acked")?,
-                closed: count(w, "closed")?,
-            })
+            let mut stats = WorkerStats::default();
+            stats.wakeups = count(w, "wakeups")?;
+            stats.accepts = count(w, "accepts")?;
+            stats.eagains = count(w, "eagains")?;
+            stats.handoffs_received = count(w, "handoffs_received")?;
+            stats.handoffs_acked = count(w, "handoffs_acked")?;
+            stats.closed = count(w, "closed")?;
+            stats.syscalls = count(w, "syscalls")?;
+            Ok(stats)
         })
         .collect::<Result<_, String>>()?;
     Ok(Snapshot { primary, workers })
@@ -82,7 +86,7 @@ fn count(object: &Value, key: &str) -> Result<u64, String> {
 mod tests {
     use super::*;
 
-    const LINE: &str = r#"{"primary":{"accepted":7,"dispatched":8,"queued":1,"requeued":0},"workers":[{"wakeups":5,"accepts":4,"eagains":1,"handoffs_received":0,"handoffs_acked":0,"closed":4},{"wakeups":2,"accepts":0,"eagains":0,"handoffs_received":3,"handoffs_acked":3,"closed":3}]}"#;
+    const LINE: &str = r#"{"primary":{"accepted":7,"dispatched":8,"queued":1,"requeued":0,"syscalls":20},"workers":[{"wakeups":5,"accepts":4,"eagains":1,"handoffs_received":0,"handoffs_acked":0,"closed":4,"syscalls":11},{"wakeups":2,"accepts":0,"eagains":0,"handoffs_received":3,"handoffs_acked":3,"closed":3,"syscalls":6}]}"#;
 
     #[test]
     fn decodes_what_it_encodes() {
@@ -93,18 +97,20 @@ mod tests {
     #[test]
     fn parses_what_serve_prints() {
         let c = decode(&format!("noise\n{LINE}\n")).unwrap();
-        assert_eq!(c.primary, PrimaryStats { accepted: 7, dispatched: 8, queued: 1, requeued: 0 });
+        let p = c.primary;
+        assert_eq!((p.accepted, p.dispatched, p.queued, p.requeued, p.syscalls), (7, 8, 1, 0, 20));
         assert_eq!(c.workers.len(), 2);
+        let w = c.workers[0];
         assert_eq!(
-            c.workers[0],
-            WorkerStats { wakeups: 5, accepts: 4, eagains: 1, handoffs_received: 0, handoffs_acked: 0, closed: 4 }
+            (w.wakeups, w.accepts, w.eagains, w.handoffs_received, w.handoffs_acked, w.closed, w.syscalls),
+            (5, 4, 1, 0, 0, 4, 11)
         );
         assert_eq!(c.workers.iter().map(WorkerStats::connections).collect::<Vec<_>>(), [4, 3]);
     }
 
     #[test]
     fn tolerates_blanks_and_no_workers() {
-        let c = decode(r#"{"primary": {"accepted": 1, "dispatched": 0, "queued": 0, "requeued": 0}, "workers": []}"#)
+        let c = decode(r#"{"primary": {"accepted": 1, "dispatched": 0, "queued": 0, "requeued": 0, "syscalls": 0}, "workers": []}"#)
             .unwrap();
         assert_eq!((c.primary.accepted, c.workers.len()), (1, 0));
     }
@@ -116,7 +122,7 @@ mod tests {
         assert!(decode(&LINE.replace(":5,", r#":"5","#)).unwrap_err().contains("not a count"));
         assert!(decode(&LINE.replace(":5,", ":x,")).unwrap_err().contains("not JSON"));
         assert!(
-            decode(r#"{"primary":{"accepted":1,"dispatched":0,"queued":0,"requeued":0}}"#)
+            decode(r#"{"primary":{"accepted":1,"dispatched":0,"queued":0,"requeued":0,"syscalls":0}}"#)
                 .unwrap_err()
                 .contains("no workers")
         );

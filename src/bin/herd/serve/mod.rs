@@ -7,7 +7,7 @@ mod server;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use herd::{Cluster, ListenAddr, Mode, SharedAccept};
+use herd::{Backend, Cluster, ListenAddr, Mode, SharedAccept};
 
 use crate::cli;
 
@@ -34,6 +34,14 @@ Options:
                              epoll-exclusive  EPOLLEXCLUSIVE: one woken, but unfair
                              epoll-rotate     EPOLLEXCLUSIVE re-armed at the tail: fair
                              blocking         a thread per worker in blocking accept: fair
+  --backend BACKEND        how connections are taken off listeners [default: epoll]
+                             epoll     readiness, then accept4 per connection
+                             io-uring  a multishot accept in an io_uring; in handoff mode
+                                       the primary also sends, closes and reads acks
+                                       through its ring (built with --features io-uring;
+                                       falls back to epoll, saying why, where the kernel
+                                       refuses). shared/epoll and shared/blocking have no
+                                       io_uring form and run on epoll
   -w, --workers N          worker processes [default: number of CPUs]
   -l, --listen ADDR        127.0.0.1:8080, [::1]:8080, port 0 for any free port, or a Unix
                            socket path (/tmp/herd.sock, unix:herd.sock) [default: 127.0.0.1:8080]
@@ -63,7 +71,7 @@ Options:
                              nested      an epoll loop of its own with the worker's
                                          descriptor nested in it (as tokio or mio would)
                              incoming    the blocking iterator, one connection at a time
-  -q, --quiet              do not log lifecycle events
+  -q, --quiet              do not log lifecycle events (warnings still show)
   -h, --help               print this help
 
 Exit status: 0 after a clean shutdown, 1 on a runtime error, 2 on bad usage (unknown mode, bad
@@ -73,6 +81,7 @@ address, port in use).
 struct Args {
     mode: String,
     accept: Option<SharedAccept>,
+    backend: Backend,
     workers: Option<usize>,
     listen: ListenAddr,
     backlog: i32,
@@ -96,6 +105,7 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Option<Args>, String> {
     let mut args = Args {
         mode: "shared".into(),
         accept: None,
+        backend: Backend::Epoll,
         workers: None,
         listen: "127.0.0.1:8080".parse().expect("a valid default"),
         backlog: herd::DEFAULT_BACKLOG,
@@ -117,6 +127,7 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Option<Args>, String> {
         match arg {
             Long("mode") => args.mode = cli::parse(&mut parser, "--mode")?,
             Long("accept") => args.accept = Some(cli::parse(&mut parser, "--accept")?),
+            Long("backend") => args.backend = cli::parse(&mut parser, "--backend")?,
             Short('w') | Long("workers") => args.workers = Some(cli::parse(&mut parser, "--workers")?),
             Short('l') | Long("listen") => args.listen = cli::parse(&mut parser, "--listen")?,
             Long("backlog") => args.backlog = cli::parse(&mut parser, "--backlog")?,
@@ -189,6 +200,7 @@ pub fn main(parser: lexopt::Parser) -> ExitCode {
     };
     let mut builder = Cluster::builder(args.listen.clone())
         .mode(mode)
+        .backend(args.backend)
         .backlog(args.backlog)
         .handoff_window(args.window)
         .shutdown_timeout(Duration::from_secs_f64(args.shutdown_timeout))
@@ -209,9 +221,10 @@ pub fn main(parser: lexopt::Parser) -> ExitCode {
     };
     let workers = cluster.config().workers;
     eprintln!(
-        "{} herd: serving on {} mode={mode} workers={workers} pid={}",
+        "{} herd: serving on {} mode={mode} backend={} workers={workers} pid={}",
         crate::timestamp::now(),
         cluster.local_addr(),
+        args.backend,
         std::process::id()
     );
     let (quiet, api, behaviour) = (args.quiet, args.worker_api, args.behaviour);
@@ -219,7 +232,8 @@ pub fn main(parser: lexopt::Parser) -> ExitCode {
     let result = cluster.run(
         move |worker| server::run(worker, api, behaviour, request_timeout),
         |event| {
-            if !quiet {
+            // Warnings (io_uring unavailable, say) show even with --quiet.
+            if !quiet || matches!(event, herd::Event::Warning { .. }) {
                 eprintln!("{} herd: {event}", crate::timestamp::now());
             }
         },

@@ -36,6 +36,16 @@
 //! Round-robin skips a worker whose window is full, so shares are exact only while no window
 //! fills — with a healthy cluster, whenever fewer than `window` connections are in flight per
 //! worker.
+//!
+//! # On io_uring
+//!
+//! With the io_uring backend the same dispatcher decides, and the primary's ring carries it out
+//! (`uring.rs`): each turn's batches go out as `IORING_OP_SENDMSG`s, the primary's copies are
+//! closed with `IORING_OP_CLOSE`, and every lane has an `IORING_OP_RECV` waiting for its next
+//! acknowledgement — all in the one `io_uring_enter` with which the primary also waits.
+
+#[cfg(feature = "io-uring")]
+pub(crate) mod uring;
 
 use std::collections::VecDeque;
 use std::io;
@@ -143,6 +153,9 @@ struct Lane {
     /// descriptors (a frame whose descriptors do not all fit cannot be received at all), then
     /// doubling with every acknowledgement, up to [`MAX_FDS`].
     max_batch: usize,
+    /// A send to this lane is in the primary's ring (io_uring): no other goes until it
+    /// completes, so frames arrive in order and a failed one can be taken back whole.
+    sending: bool,
 }
 
 impl Lane {
@@ -151,7 +164,7 @@ impl Lane {
     }
 
     fn room(&self, window: usize, now: Instant) -> usize {
-        if !self.serving || self.pressure || self.full || self.retry_at.is_some_and(|t| t > now) {
+        if !self.serving || self.pressure || self.full || self.sending || self.retry_at.is_some_and(|t| t > now) {
             return 0;
         }
         (window as u64).saturating_sub(self.in_flight()) as usize
@@ -184,6 +197,9 @@ pub(crate) struct Dispatcher {
     writability: Vec<(u64, bool)>,
     /// What went wrong that the primary's program should hear of.
     warnings: Vec<String>,
+    /// On io_uring: the ring's side of the lanes. Sends then wait for [`uring`]'s `flush`.
+    #[cfg(feature = "io-uring")]
+    ring: Option<uring::RingLanes>,
 }
 
 impl Dispatcher {
@@ -197,7 +213,17 @@ impl Dispatcher {
             orphans: Vec::new(),
             writability: Vec::new(),
             warnings: Vec::new(),
+            #[cfg(feature = "io-uring")]
+            ring: None,
         }
+    }
+
+    /// Whether sends wait for the primary's ring (io_uring) rather than go out at once.
+    fn sends_on_ring(&self) -> bool {
+        #[cfg(feature = "io-uring")]
+        return self.ring.is_some();
+        #[cfg(not(feature = "io-uring"))]
+        false
     }
 
     /// Connections waiting in the primary.
@@ -226,6 +252,7 @@ impl Dispatcher {
             next_backoff: FIRST_BACKOFF,
             full: false,
             max_batch: MAX_FDS,
+            sending: false,
         });
     }
 
@@ -246,19 +273,10 @@ impl Dispatcher {
     /// Reads the acknowledgements waiting on worker `key`'s lane, then sends what the window
     /// now allows.
     pub(crate) fn on_lane_readable(&mut self, key: u64) {
-        let Some(lane) = self.lanes.iter_mut().find(|l| l.key == key) else { return };
+        let Some(i) = self.lanes.iter().position(|l| l.key == key) else { return };
         loop {
-            match lane.ours.try_recv() {
-                Ok(Some(r)) => match r.message {
-                    Message::Ack { received } => {
-                        lane.acked = lane.acked.max(received);
-                        if std::mem::take(&mut lane.full) {
-                            self.writability.push((key, false));
-                        }
-                        lane.max_batch = (lane.max_batch * 2).min(MAX_FDS);
-                    }
-                    other => self.warnings.push(format!("unexpected {other:?} on worker lane (key {key})")),
-                },
+            match self.lanes[i].ours.try_recv() {
+                Ok(Some(r)) => self.on_message(i, r.message),
                 Ok(None) | Err(ChannelError::Closed) => break,
                 Err(e) => {
                     self.warnings.push(format!("reading worker lane (key {key}): {e}"));
@@ -269,6 +287,21 @@ impl Dispatcher {
             }
         }
         self.drain();
+    }
+
+    /// A frame from lane `i`'s worker: an acknowledgement opens its window.
+    fn on_message(&mut self, i: usize, message: Message) {
+        let lane = &mut self.lanes[i];
+        match message {
+            Message::Ack { received } => {
+                lane.acked = lane.acked.max(received);
+                if std::mem::take(&mut lane.full) {
+                    self.writability.push((lane.key, false));
+                }
+                lane.max_batch = (lane.max_batch * 2).min(MAX_FDS);
+            }
+            other => self.warnings.push(format!("unexpected {other:?} on worker lane (key {})", lane.key)),
+        }
     }
 
     /// Worker `key`'s end of its lane has room again after a send found it full.
@@ -328,6 +361,13 @@ impl Dispatcher {
             if self.cursor >= self.lanes.len() {
                 self.cursor = 0;
             }
+            #[cfg(feature = "io-uring")]
+            if let Some(ring) = &mut self.ring {
+                // The ring may still have a send or a receive on it: the lane is taken back
+                // once they are done (`uring.rs`).
+                ring.retire(lane.key, lane.ours, lane.theirs, lane.sending);
+                return;
+            }
             let (_, complete) =
                 Self::reclaim(key, &mut lane.theirs, &mut self.queue, &self.counters, &mut self.warnings);
             if !complete {
@@ -381,6 +421,12 @@ impl Dispatcher {
         let before = self.queue.len();
         self.queue.extend(fds);
         let pushed = self.queue.len() - before;
+        #[cfg(feature = "io-uring")]
+        if let Some(ring) = &mut self.ring {
+            // Counted as queued, or not, once the ring's flush has sent what it can.
+            ring.fresh += pushed;
+            return;
+        }
         self.drain();
         self.counters.bump_primary(PrimaryCounter::Queued, self.queue.len().min(pushed) as u64);
     }
@@ -415,6 +461,15 @@ impl Dispatcher {
     /// per `sendmsg` as the lane's window allows (an even share of the queue at most, so that a
     /// burst is spread rather than given to the first lane).
     pub(crate) fn drain(&mut self) {
+        if self.sends_on_ring() {
+            return; // the primary's next flush sends
+        }
+        self.drain_with(|d, i, n| d.send(i, n).is_ok());
+    }
+
+    /// The round-robin of [`drain`](Self::drain), sending each batch with `send(self, lane
+    /// index, count)`, which says whether it went.
+    fn drain_with(&mut self, mut send: impl FnMut(&mut Dispatcher, usize, usize) -> bool) {
         let now = Instant::now();
         while !self.queue.is_empty() && !self.lanes.is_empty() {
             // One round: every lane with room, in rotation order from the cursor.
@@ -434,7 +489,7 @@ impl Dispatcher {
                     continue;
                 }
                 self.cursor = (i + 1) % count;
-                sent_any |= self.send(i, n).is_ok();
+                sent_any |= send(self, i, n);
             }
             if !sent_any {
                 return;
@@ -454,31 +509,38 @@ impl Dispatcher {
                 lane.next_backoff = FIRST_BACKOFF;
                 self.counters.bump_primary(PrimaryCounter::Dispatched, n as u64);
                 // The primary's copies close here: each connection now lives only in the
-                // worker's lane (see the module docs).
+                // worker's lane (see the module docs). One `close` each, counted.
                 self.queue.drain(..n);
+                crate::sys::tally::count(n as u64);
                 Ok(())
             }
             Err(e) => {
-                match e {
-                    // The worker's socket buffer is full: its window is, in effect, until the
-                    // buffer drains.
-                    ChannelError::Io(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        lane.full = true;
-                        self.writability.push((lane.key, true));
-                    }
-                    // Gone: its exit takes back what it had.
-                    ChannelError::Closed => lane.serving = false,
-                    e => {
-                        let delay = lane.next_backoff;
-                        lane.retry_at = Some(Instant::now() + delay);
-                        lane.next_backoff = (delay * 2).min(MAX_BACKOFF);
-                        self.warnings.push(format!(
-                            "handing {n} connections to worker (key {}): {e}; retrying that worker in {delay:?}",
-                            lane.key
-                        ));
-                    }
-                }
+                self.send_failed(i, n, e);
                 Err(())
+            }
+        }
+    }
+
+    /// A send of `n` connections to lane `i` failed (they are still queued).
+    fn send_failed(&mut self, i: usize, n: usize, e: ChannelError) {
+        let lane = &mut self.lanes[i];
+        match e {
+            // The worker's socket buffer is full: its window is, in effect, until the buffer
+            // drains.
+            ChannelError::Io(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                lane.full = true;
+                self.writability.push((lane.key, true));
+            }
+            // Gone: its exit takes back what it had.
+            ChannelError::Closed => lane.serving = false,
+            e => {
+                let delay = lane.next_backoff;
+                lane.retry_at = Some(Instant::now() + delay);
+                lane.next_backoff = (delay * 2).min(MAX_BACKOFF);
+                self.warnings.push(format!(
+                    "handing {n} connections to worker (key {}): {e}; retrying that worker in {delay:?}",
+                    lane.key
+                ));
             }
         }
     }

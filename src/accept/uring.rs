@@ -1,0 +1,114 @@
+//! The io_uring accept backend, for a worker: its listener's accept runs in a ring whose
+//! descriptor sits in the worker's epoll instance, so connections arrive as completions and the
+//! worker's three ways of taking them (the iterator, its own loop, a foreign loop) work as on
+//! epoll.
+//!
+//! - [`UringWait::Multishot`] arms one multishot accept: every connection is a completion, with
+//!   no system call of the worker's own to take it — only the `epoll_wait` that wakes it, shared
+//!   by every completion waiting. The accept stays armed until an error ends it (it is then
+//!   armed again, or after the `EMFILE` back-off).
+//! - [`UringWait::Rearmed`] submits a single accept and submits it again after each
+//!   connection, which puts the worker back at the tail of the listener's wait queue: the fair
+//!   strategy for a shared listener, at one `io_uring_enter` per connection.
+//!
+//! Errors are sorted by the same table as on epoll ([`super::classify`]).
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+use super::{Accepted, UringWait};
+use crate::listener::Listener;
+use crate::sys::uring::{Completion, Ring};
+
+/// A worker's listener, accepted on through a ring.
+#[derive(Debug)]
+pub(crate) struct UringAccept {
+    ring: Ring,
+    pub(crate) listener: Listener,
+    wait: UringWait,
+    /// The accept in flight, if any.
+    armed: Option<u64>,
+    completions: Vec<Completion>,
+}
+
+impl UringAccept {
+    /// Sets up a ring for `listener` and arms its accept.
+    pub(crate) fn new(listener: Listener, wait: UringWait) -> io::Result<UringAccept> {
+        let mut accept = UringAccept { ring: Ring::new(64)?, listener, wait, armed: None, completions: Vec::new() };
+        accept.arm()?;
+        Ok(accept)
+    }
+
+    /// Arms the accept (if it is not armed) and submits.
+    pub(crate) fn arm(&mut self) -> io::Result<()> {
+        if self.armed.is_none() {
+            let multishot = self.wait == UringWait::Multishot;
+            self.armed = Some(self.ring.accept(self.listener.as_fd(), 0, multishot)?);
+        }
+        self.ring.submit()
+    }
+
+    /// What the ring delivered since the last call, sorted by the error table; re-arms the
+    /// accept where it has ended, unless it ended out of descriptors (the caller backs off and
+    /// calls [`arm`](Self::arm) after).
+    pub(crate) fn take(&mut self, out: &mut Vec<Accepted>) -> io::Result<()> {
+        self.ring.completions(&mut self.completions);
+        let mut backing_off = false;
+        for completion in self.completions.drain(..) {
+            let Completion::Accepted { result, more, .. } = completion else { continue };
+            if !more {
+                self.armed = None;
+            }
+            let accepted = match result {
+                Ok(fd) => Accepted::Connection(fd),
+                // Cancelled: the worker is stopping or handing its listener over.
+                Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => continue,
+                Err(e) => super::classify(e),
+            };
+            backing_off |= matches!(accepted, Accepted::BackOff(_));
+            out.push(accepted);
+        }
+        if self.armed.is_none() && !backing_off {
+            self.arm()?;
+        }
+        Ok(())
+    }
+
+    /// Stops accepting: cancels the accept and waits for it to end, handing over every
+    /// connection it had already taken. Gives the listener back.
+    pub(crate) fn stop(mut self, out: &mut Vec<OwnedFd>) -> io::Result<Listener> {
+        if let Some(id) = self.armed {
+            self.ring.cancel(id)?;
+            let mut accepted = Vec::new();
+            // The cancellation completes at once; the bound is for a kernel that misbehaves.
+            for _ in 0..100 {
+                self.ring.submit_and_wait(Some(Duration::from_millis(10)))?;
+                self.ring.completions(&mut self.completions);
+                for completion in self.completions.drain(..) {
+                    if let Completion::Accepted { result, more, .. } = completion {
+                        if let Ok(fd) = result {
+                            accepted.push(fd);
+                        }
+                        if !more {
+                            self.armed = None;
+                        }
+                    }
+                }
+                if self.armed.is_none() {
+                    break;
+                }
+            }
+            out.extend(accepted);
+        }
+        let UringAccept { listener, .. } = self;
+        Ok(listener)
+    }
+}
+
+impl AsFd for UringAccept {
+    /// The ring's descriptor: readable when connections (or errors) are waiting.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.ring.as_fd()
+    }
+}

@@ -1,0 +1,66 @@
+//! Counts the system calls herd makes on its hot paths — `accept4`, `epoll_wait`, `epoll_ctl`,
+//! `io_uring_enter`, `sendmsg`, `recvmsg`, an eventfd's `read` and `write`, and the primary's
+//! `close` of each descriptor it handed on — into one cell of the shared counter region ([`super::shm`]): the calling
+//! process's own cell, so no two processes ever bump the same cache line.
+//!
+//! Each wrapper in this layer that makes one of those calls counts it, whoever called it, so
+//! the count is exact by construction: it is the number `strace -c` finds for those calls in
+//! that process (`benches/peers/syscalls.sh` checks that). Calls off the hot path (forking,
+//! reading a signalfd or a timerfd, `waitid`) are not counted.
+//!
+//! The process chooses its cell with [`count_into`]: the primary its line's, each forked worker
+//! its slot's, first thing after `fork`. Until then nothing is counted.
+
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::shm::SharedRegion;
+
+/// The cell this process counts into, or null.
+static CELL: AtomicPtr<AtomicU64> = AtomicPtr::new(ptr::null_mut());
+
+/// Every region `CELL` has pointed into, kept mapped for the life of the process: a thread
+/// that loaded the pointer just before it changed may still bump the old cell. A process holds
+/// one region per primary it started (a page each); its workers share their primary's.
+static KEEP: Mutex<Vec<Arc<SharedRegion>>> = Mutex::new(Vec::new());
+
+/// From now on, this process counts its system calls in `region`'s line `line`, cell `cell`.
+///
+/// # Panics
+/// If `line` or `cell` is outside the region.
+pub fn count_into(region: &Arc<SharedRegion>, line: usize, cell: usize) {
+    let target: *const AtomicU64 = &region.lines()[line].0[cell];
+    let mut keep = KEEP.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !keep.iter().any(|r| Arc::ptr_eq(r, region)) {
+        keep.push(Arc::clone(region));
+    }
+    CELL.store(target.cast_mut(), Ordering::Release);
+}
+
+/// Counts `n` system calls.
+#[inline]
+pub fn count(n: u64) {
+    let cell = CELL.load(Ordering::Acquire);
+    if !cell.is_null() {
+        // SAFETY: a non-null `CELL` points into a region in `KEEP`, which is never emptied, so
+        // the mapping outlives every use; the cell is an `AtomicU64`, shared only through `&`.
+        unsafe { &*cell }.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_into_the_chosen_cell() {
+        let region = Arc::new(SharedRegion::new(2).unwrap());
+        count_into(&region, 1, 3);
+        count(2);
+        count(1);
+        // Other tests of this binary may count calls of their own into it meanwhile, never fewer.
+        assert!(region.lines()[1].0[3].load(Ordering::Relaxed) >= 3);
+        assert_eq!(region.lines()[0].0[3].load(Ordering::Relaxed), 0, "only the chosen cell counts");
+    }
+}

@@ -1,0 +1,594 @@
+//! [`io_uring(7)`]: a submission and a completion queue shared with the kernel, so that many
+//! operations cost one system call — or none, when a multishot accept keeps delivering
+//! connections without being asked again.
+//!
+//! This module wraps the `io-uring` crate in what herd needs, safely: accepts (multishot and
+//! single), `sendmsg` with descriptors, `recv`, `close`, multishot `poll`, and cancellation.
+//! Every buffer an operation hands the kernel lives in the ring's table of operations until the
+//! operation's completion arrives (a send's header and descriptors, a receive's buffer), so the
+//! kernel never reads or writes memory that was freed.
+//!
+//! [`io_uring(7)`]: https://man7.org/linux/man-pages/man7/io_uring.7.html
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use io_uring::{IoUring, opcode, squeue, types};
+
+/// Why io_uring cannot be used here, or nothing.
+///
+/// Checks, in order: `kernel.io_uring_disabled` (2: off for everyone), whether a ring can be set
+/// up at all (`io_uring_setup` fails with `EPERM` under a seccomp filter or with the sysctl at
+/// 1, `ENOSYS` on an old kernel), whether the kernel knows every operation herd uses
+/// (`IORING_REGISTER_PROBE`), and whether it is new enough for multishot accept (Linux 5.19).
+pub fn probe() -> Result<(), String> {
+    if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+        if v.trim() == "2" {
+            return Err("kernel.io_uring_disabled is 2: io_uring is off on this system".to_owned());
+        }
+    }
+    let ring = IoUring::new(8).map_err(|e| {
+        let why = match e.raw_os_error() {
+            Some(libc::EPERM) => " (a seccomp filter, or kernel.io_uring_disabled = 1 for this user)",
+            Some(libc::ENOSYS) => " (the kernel has no io_uring, or a seccomp filter hides it)",
+            _ => "",
+        };
+        format!("io_uring_setup: {e}{why}")
+    })?;
+    let mut probe = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut probe).map_err(|e| format!("IORING_REGISTER_PROBE: {e}"))?;
+    for (code, name) in [
+        (opcode::Accept::CODE, "ACCEPT"),
+        (opcode::SendMsg::CODE, "SENDMSG"),
+        (opcode::Recv::CODE, "RECV"),
+        (opcode::Close::CODE, "CLOSE"),
+        (opcode::PollAdd::CODE, "POLL_ADD"),
+        (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+    ] {
+        if !probe.is_supported(code) {
+            return Err(format!("the kernel does not support IORING_OP_{name}"));
+        }
+    }
+    let release = rustix::system::uname().release().to_string_lossy().into_owned();
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    if version < (5, 19) {
+        return Err(format!("Linux {release} has no multishot accept (5.19)"));
+    }
+    Ok(())
+}
+
+/// The user data of entries that have no operation in the table (a send's linked closes).
+const NOBODY: u64 = u64::MAX;
+
+/// What an operation was, kept until its completion with whatever the kernel may still touch.
+#[derive(Debug)]
+enum Op {
+    Accept {
+        tag: u64,
+        multishot: bool,
+    },
+    /// `close_sent`: linked closes of `fds` follow it in the ring.
+    Send {
+        tag: u64,
+        _buffers: Box<SendBuffers>,
+        fds: Vec<OwnedFd>,
+        close_sent: bool,
+    },
+    Recv {
+        tag: u64,
+        buffer: Box<[u8]>,
+    },
+    Poll {
+        tag: u64,
+    },
+    Close,
+    Cancel,
+}
+
+/// A `sendmsg`'s message header and everything it points to, at a stable address.
+#[derive(Debug)]
+struct SendBuffers {
+    header: [u8; 16],
+    payload: Vec<u8>,
+    iov: [libc::iovec; 2],
+    control: Vec<u64>,
+    msghdr: libc::msghdr,
+}
+
+/// How [`Ring::sendmsg`] sends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SendOptions {
+    /// `MSG_DONTWAIT`: a full socket fails the send with `EAGAIN` at once, instead of leaving
+    /// it in the ring until the socket has room. Such a send completes within the
+    /// `io_uring_enter` that submits it, and [`Ring::submit_and_wait`] waits for one completion
+    /// more than that.
+    pub nonblocking: bool,
+    /// Close every descriptor sent, in the ring, right after a successful send: an
+    /// `IORING_OP_CLOSE` per descriptor, linked to the send (`IOSQE_IO_LINK`) and silent on
+    /// success (`IOSQE_CQE_SKIP_SUCCESS`). A send that fails cancels them, and the descriptors
+    /// come back open.
+    pub close_sent: bool,
+}
+
+/// What [`Ring::poll`] waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PollFor {
+    /// `POLLIN`.
+    Readable,
+    /// `POLLOUT`.
+    Writable,
+}
+
+/// A finished operation.
+#[derive(Debug)]
+pub enum Completion {
+    /// An accept delivered a connection or failed; `more` is false once a multishot accept has
+    /// ended (it must be submitted again).
+    Accepted { tag: u64, result: io::Result<OwnedFd>, more: bool },
+    /// A `sendmsg` of `count` descriptors finished. `fds` gives them back — unless the send
+    /// succeeded and closed them in the ring ([`SendOptions::close_sent`]): then it is empty.
+    Sent { tag: u64, result: io::Result<usize>, fds: Vec<OwnedFd>, count: usize },
+    /// A `recv` finished: what arrived (empty at end of file).
+    Received { tag: u64, result: io::Result<Vec<u8>> },
+    /// A poll reported readiness, or failed.
+    Polled { tag: u64, result: io::Result<()> },
+}
+
+impl Completion {
+    /// The tag the operation was queued with.
+    pub fn tag(&self) -> u64 {
+        match self {
+            Completion::Accepted { tag, .. }
+            | Completion::Sent { tag, .. }
+            | Completion::Received { tag, .. }
+            | Completion::Polled { tag, .. } => *tag,
+        }
+    }
+}
+
+/// An io_uring instance and the operations it has in flight.
+pub struct Ring {
+    ring: IoUring,
+    ops: Vec<Option<Op>>,
+    free: Vec<usize>,
+    /// The process that set the ring up: a forked child inherits its memory and descriptor,
+    /// and must neither submit to it nor wait for its operations.
+    owner: rustix::process::Pid,
+    /// Non-blocking sends queued since the last `io_uring_enter`: each completes within the
+    /// call that submits it, so a wait for "the next completion" waits for that many more.
+    completes_inline: usize,
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring").field("in_flight", &(self.ops.len() - self.free.len())).finish_non_exhaustive()
+    }
+}
+
+fn errno(res: i32) -> io::Error {
+    io::Error::from_raw_os_error(-res)
+}
+
+impl Ring {
+    /// Corresponds to `io_uring_setup(entries)`, with the completion queue twice as deep.
+    pub fn new(entries: u32) -> io::Result<Ring> {
+        let ring = IoUring::builder()
+            .setup_cqsize(entries * 4)
+            .build(entries)
+            .map_err(|e| super::context(e, "io_uring_setup"))?;
+        Ok(Ring { ring, ops: Vec::new(), free: Vec::new(), owner: rustix::process::getpid(), completes_inline: 0 })
+    }
+
+    fn slot(&mut self, op: Op) -> u64 {
+        match self.free.pop() {
+            Some(i) => {
+                self.ops[i] = Some(op);
+                i as u64
+            }
+            None => {
+                self.ops.push(Some(op));
+                (self.ops.len() - 1) as u64
+            }
+        }
+    }
+
+    /// Queues `entry` (its user data set to the operation's slot), submitting what is queued
+    /// first if the submission queue is full. If that submission fails, the operation is not
+    /// queued and comes back with the error.
+    fn push(&mut self, entry: squeue::Entry, op: Op) -> Result<u64, (io::Error, Op)> {
+        let slot = self.slot(op);
+        let entry = entry.user_data(slot);
+        loop {
+            // SAFETY: every pointer the entry carries points into `self.ops[slot]` (boxed, so
+            // at a stable address) or is a descriptor the caller keeps open; the operation stays
+            // in the table until its last completion, so nothing it refers to is freed before
+            // the kernel is done with it.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return Ok(slot);
+            }
+            if let Err(e) = self.submit() {
+                self.free.push(slot as usize);
+                let op = self.ops[slot as usize].take().expect("the operation just stored");
+                return Err((e, op));
+            }
+        }
+    }
+
+    /// `IORING_OP_ACCEPT` (`accept4(SOCK_CLOEXEC | SOCK_NONBLOCK)`) on `listener`, multishot or
+    /// once. The caller keeps `listener` open until the accept has ended or was cancelled.
+    pub fn accept(&mut self, listener: BorrowedFd<'_>, tag: u64, multishot: bool) -> io::Result<u64> {
+        let fd = types::Fd(listener.as_raw_fd());
+        let flags = libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+        let entry = if multishot {
+            opcode::AcceptMulti::new(fd).flags(flags).build()
+        } else {
+            opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut()).flags(flags).build()
+        };
+        self.push(entry, Op::Accept { tag, multishot }).map_err(|(e, _)| e)
+    }
+
+    /// `IORING_OP_SENDMSG` of one frame — `header` (at most 16 bytes) and `payload` gathered —
+    /// with `fds` attached (`SCM_RIGHTS`), `MSG_NOSIGNAL`. The descriptors come back with the
+    /// completion (see [`SendOptions`]), and at once, with the error, if the operation could not
+    /// be queued.
+    pub fn sendmsg(
+        &mut self,
+        socket: BorrowedFd<'_>,
+        header: &[u8],
+        payload: &[u8],
+        fds: Vec<OwnedFd>,
+        options: SendOptions,
+        tag: u64,
+    ) -> Result<u64, (io::Error, Vec<OwnedFd>)> {
+        // A chain must reach the kernel in one submission: a link left dangling at the end of
+        // one would let the closes run whatever the send did. Make room for all of it first.
+        let close_sent = options.close_sent && !fds.is_empty();
+        let entries = 1 + if close_sent { fds.len() } else { 0 };
+        let free = {
+            let sq = self.ring.submission();
+            sq.capacity() - sq.len()
+        };
+        if free < entries {
+            if let Err(e) = self.submit() {
+                return Err((e, fds));
+            }
+            let sq = self.ring.submission();
+            if sq.capacity() - sq.len() < entries {
+                return Err((io::Error::other("io_uring: no room for a send and its closes"), fds));
+            }
+        }
+        let mut buffers = Box::new(SendBuffers {
+            header: [0; 16],
+            payload: payload.to_vec(),
+            iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2],
+            control: Vec::new(),
+            // SAFETY: an all-zero msghdr is a valid, empty message header.
+            msghdr: unsafe { MaybeUninit::zeroed().assume_init() },
+        });
+        let header_len = header.len().min(buffers.header.len());
+        buffers.header[..header_len].copy_from_slice(&header[..header_len]);
+        buffers.iov[0] = libc::iovec { iov_base: buffers.header.as_mut_ptr().cast(), iov_len: header_len };
+        buffers.iov[1] = libc::iovec { iov_base: buffers.payload.as_mut_ptr().cast(), iov_len: buffers.payload.len() };
+        buffers.msghdr.msg_iov = buffers.iov.as_mut_ptr();
+        buffers.msghdr.msg_iovlen = if buffers.payload.is_empty() { 1 } else { 2 };
+        if !fds.is_empty() {
+            let bytes = fds.len() * std::mem::size_of::<RawFd>();
+            // SAFETY: CMSG_SPACE and CMSG_LEN only compute sizes.
+            let (space, len) =
+                unsafe { (libc::CMSG_SPACE(bytes as u32) as usize, libc::CMSG_LEN(bytes as u32) as usize) };
+            // u64 words: the control buffer must be aligned for `cmsghdr`.
+            buffers.control = vec![0u64; space.div_ceil(8)];
+            buffers.msghdr.msg_control = buffers.control.as_mut_ptr().cast();
+            buffers.msghdr.msg_controllen = space as _;
+            // SAFETY: the control buffer is `space` bytes, aligned, and holds one cmsghdr with
+            // room for `fds.len()` descriptors (CMSG_SPACE above); CMSG_FIRSTHDR returns its
+            // start, and CMSG_DATA points inside it.
+            unsafe {
+                let cmsg = libc::CMSG_FIRSTHDR(&buffers.msghdr);
+                (*cmsg).cmsg_level = libc::SOL_SOCKET;
+                (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+                (*cmsg).cmsg_len = len as _;
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                for (i, fd) in fds.iter().enumerate() {
+                    data.add(i).write_unaligned(fd.as_raw_fd());
+                }
+            }
+        }
+        let mut flags = libc::MSG_NOSIGNAL;
+        if options.nonblocking {
+            flags |= libc::MSG_DONTWAIT;
+        }
+        let mut entry =
+            opcode::SendMsg::new(types::Fd(socket.as_raw_fd()), &buffers.msghdr).flags(flags as u32).build();
+        if close_sent {
+            entry = entry.flags(squeue::Flags::IO_LINK);
+        }
+        let raw: Vec<RawFd> = if close_sent { fds.iter().map(AsRawFd::as_raw_fd).collect() } else { Vec::new() };
+        let id =
+            self.push(entry, Op::Send { tag, _buffers: buffers, fds, close_sent }).map_err(|(e, op)| match op {
+                Op::Send { fds, .. } => (e, fds),
+                _ => (e, Vec::new()),
+            })?;
+        for (i, fd) in raw.iter().enumerate() {
+            let mut flags = squeue::Flags::SKIP_SUCCESS;
+            if i + 1 < raw.len() {
+                flags |= squeue::Flags::IO_LINK;
+            }
+            // No operation of its own: a close that succeeds posts nothing, and one that was
+            // cancelled (the send failed) posts a completion nobody's user data names.
+            let close = opcode::Close::new(types::Fd(*fd)).build().flags(flags).user_data(NOBODY);
+            // SAFETY: the descriptor stays open until this close runs: it is owned by the send's
+            // entry in the operation table, which is only given up when the send completes — and
+            // a successful send's completion forgets it rather than closing it again.
+            let pushed = unsafe { self.ring.submission().push(&close) };
+            debug_assert!(pushed.is_ok(), "room was made for the whole chain");
+        }
+        if options.nonblocking {
+            self.completes_inline += 1;
+        }
+        Ok(id)
+    }
+
+    /// `IORING_OP_RECV` of at most `len` bytes from `socket`.
+    pub fn recv(&mut self, socket: BorrowedFd<'_>, len: usize, tag: u64) -> io::Result<u64> {
+        let mut buffer = vec![0u8; len].into_boxed_slice();
+        let entry = opcode::Recv::new(types::Fd(socket.as_raw_fd()), buffer.as_mut_ptr(), len as u32).build();
+        self.push(entry, Op::Recv { tag, buffer }).map_err(|(e, _)| e)
+    }
+
+    /// `IORING_OP_POLL_ADD` for `fd`: one completion when it is ready for `what` (at once if it
+    /// is ready already).
+    pub fn poll(&mut self, fd: BorrowedFd<'_>, what: PollFor, tag: u64) -> io::Result<u64> {
+        let events = match what {
+            PollFor::Readable => libc::POLLIN,
+            PollFor::Writable => libc::POLLOUT,
+        };
+        let entry = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), events as u32).build();
+        self.push(entry, Op::Poll { tag }).map_err(|(e, _)| e)
+    }
+
+    /// `IORING_OP_CLOSE`: closes `fd` with the next submission, without a system call of its own.
+    pub fn close(&mut self, fd: OwnedFd) -> io::Result<()> {
+        let raw = fd.into_raw_fd();
+        let entry = opcode::Close::new(types::Fd(raw)).build();
+        match self.push(entry, Op::Close) {
+            Ok(_) => Ok(()),
+            Err((e, _)) => {
+                // SAFETY: `raw` came from `into_raw_fd` just above and was not closed.
+                drop(unsafe { OwnedFd::from_raw_fd(raw) });
+                Err(e)
+            }
+        }
+    }
+
+    /// `IORING_OP_ASYNC_CANCEL` of the operation `id` (what [`accept`](Self::accept) and the
+    /// others returned). Its completion follows, with `ECANCELED`.
+    pub fn cancel(&mut self, id: u64) -> io::Result<()> {
+        self.push(opcode::AsyncCancel::new(id).build(), Op::Cancel).map(drop).map_err(|(e, _)| e)
+    }
+
+    /// Corresponds to `io_uring_enter(2)`: submits what is queued. Retries `EINTR`; `EBUSY` and
+    /// `EAGAIN` (the completion queue is full) leave it for the next call.
+    pub fn submit(&mut self) -> io::Result<()> {
+        self.enter(0, None)
+    }
+
+    /// Submits what is queued and waits for at least one completion, at most `timeout`.
+    pub fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.enter(1, timeout)
+    }
+
+    fn enter(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<()> {
+        if self.ring.submission().is_empty() && want == 0 {
+            return Ok(());
+        }
+        // The non-blocking sends in this submission complete within it: waiting for the next
+        // completion means waiting for one beyond theirs.
+        let want = if want > 0 { want + self.completes_inline } else { 0 };
+        self.completes_inline = 0;
+        super::tally::count(1);
+        let result = match timeout {
+            Some(t) if want > 0 => {
+                let ts = types::Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos());
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(want, &args)
+            }
+            _ => self.ring.submitter().submit_and_wait(want),
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::ETIME | libc::EBUSY | libc::EAGAIN)) => {
+                Ok(())
+            }
+            Err(e) => Err(super::context(e, "io_uring_enter")),
+        }
+    }
+
+    /// Takes every completion waiting (no system call: the queue is shared memory).
+    pub fn completions(&mut self, out: &mut Vec<Completion>) {
+        let mut cq = self.ring.completion();
+        cq.sync();
+        for cqe in &mut cq {
+            let slot = cqe.user_data() as usize;
+            let (res, more) = (cqe.result(), io_uring::cqueue::more(cqe.flags()));
+            let Some(op) = self.ops.get_mut(slot).and_then(Option::take) else { continue };
+            match op {
+                Op::Accept { tag, multishot } => {
+                    let result = if res < 0 {
+                        Err(errno(res))
+                    } else {
+                        // SAFETY: a successful accept returns a new descriptor nothing else owns.
+                        Ok(unsafe { OwnedFd::from_raw_fd(res) })
+                    };
+                    let more = multishot && more;
+                    if more {
+                        // A multishot accept goes on: it keeps its slot.
+                        self.ops[slot] = Some(Op::Accept { tag, multishot });
+                    } else {
+                        self.free.push(slot);
+                    }
+                    out.push(Completion::Accepted { tag, result, more });
+                }
+                Op::Send { tag, fds, close_sent, .. } => {
+                    self.free.push(slot);
+                    let count = fds.len();
+                    let result = if res < 0 { Err(errno(res)) } else { Ok(res as usize) };
+                    let fds = if close_sent && result.is_ok() {
+                        // The linked closes have closed them (or will, before anything else
+                        // runs in this process's ring): forget them, never close them again.
+                        for fd in fds {
+                            let _ = fd.into_raw_fd();
+                        }
+                        Vec::new()
+                    } else {
+                        fds
+                    };
+                    out.push(Completion::Sent { tag, result, fds, count });
+                }
+                Op::Recv { tag, buffer } => {
+                    self.free.push(slot);
+                    let result = if res < 0 { Err(errno(res)) } else { Ok(buffer[..res as usize].to_vec()) };
+                    out.push(Completion::Received { tag, result });
+                }
+                Op::Poll { tag } => {
+                    self.free.push(slot);
+                    let result = if res < 0 { Err(errno(res)) } else { Ok(()) };
+                    out.push(Completion::Polled { tag, result });
+                }
+                Op::Close | Op::Cancel => self.free.push(slot),
+            }
+        }
+    }
+}
+
+impl AsFd for Ring {
+    /// The ring's descriptor: readable when completions are waiting, so it can sit in an epoll
+    /// instance with everything else.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the ring's descriptor lives as long as `self.ring`, which `self` owns.
+        unsafe { BorrowedFd::borrow_raw(self.ring.as_raw_fd()) }
+    }
+}
+
+impl Drop for Ring {
+    /// Cancels what is in flight and waits (a little) for it, so the kernel is done with every
+    /// buffer before it is freed; a receive buffer still in use after that is leaked rather
+    /// than freed. In a forked child — which shares the parent's ring — nothing is submitted.
+    fn drop(&mut self) {
+        if rustix::process::getpid() != self.owner {
+            for op in self.ops.drain(..).flatten() {
+                if let Op::Recv { buffer, .. } = op {
+                    // The parent's kernel-side operation writes the parent's copy, not ours;
+                    // still, this copy is never read again.
+                    drop(buffer);
+                }
+            }
+            return;
+        }
+        let in_flight: Vec<u64> = (0..self.ops.len()).filter(|&i| self.ops[i].is_some()).map(|i| i as u64).collect();
+        for id in in_flight {
+            let _ = self.cancel(id);
+        }
+        let mut done = Vec::new();
+        for _ in 0..16 {
+            if self.ops.iter().all(|op| op.is_none() || matches!(op, Some(Op::Cancel))) {
+                break;
+            }
+            let _ = self.submit_and_wait(Some(Duration::from_millis(10)));
+            self.completions(&mut done);
+            done.clear();
+        }
+        for op in self.ops.drain(..).flatten() {
+            if let Op::Recv { buffer, .. } = op {
+                std::mem::forget(buffer);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ring, or `None` (skipped, loudly) where the kernel refuses io_uring.
+    fn ring() -> Option<Ring> {
+        if let Err(why) = probe() {
+            eprintln!("SKIPPED: io_uring is unavailable here: {why}");
+            return None;
+        }
+        Some(Ring::new(64).unwrap())
+    }
+
+    fn wait_for(ring: &mut Ring, n: usize) -> Vec<Completion> {
+        let mut out = Vec::new();
+        for _ in 0..100 {
+            ring.completions(&mut out);
+            if out.len() >= n {
+                break;
+            }
+            ring.submit_and_wait(Some(Duration::from_millis(50))).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn a_multishot_accept_delivers_every_connection_without_being_asked_again() {
+        let Some(mut ring) = ring() else { return };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        ring.accept(listener.as_fd(), 7, true).unwrap();
+        ring.submit().unwrap();
+        let clients: Vec<_> =
+            (0..3).map(|_| std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap()).collect();
+        let done = wait_for(&mut ring, 3);
+        let accepted: Vec<_> = done
+            .into_iter()
+            .map(|c| match c {
+                Completion::Accepted { tag: 7, result: Ok(fd), more: true } => fd,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(accepted.len(), clients.len());
+        let flags = rustix::io::fcntl_getfd(&accepted[0]).unwrap();
+        assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
+    }
+
+    #[test]
+    fn sendmsg_carries_descriptors_and_gives_them_back() {
+        let Some(mut ring) = ring() else { return };
+        let (a, mut b) = crate::channel::Channel::pair().unwrap();
+        let files: Vec<OwnedFd> = (0..3).map(|_| rustix::io::dup(std::io::stdin()).unwrap()).collect();
+        let frame = crate::channel::frame::encode(&crate::channel::Message::Handoff { seq: 5 }, 3).unwrap();
+        ring.sendmsg(a.as_fd(), &frame, &[], files, true, 9).unwrap();
+        let done = wait_for(&mut ring, 1);
+        let Completion::Sent { tag: 9, result: Ok(n), fds } = &done[0] else { panic!("{done:?}") };
+        assert_eq!((*n, fds.len()), (frame.len(), 3));
+        let r = b.recv().unwrap();
+        assert_eq!(r.message, crate::channel::Message::Handoff { seq: 5 });
+        assert_eq!(r.fds.len(), 3);
+    }
+
+    #[test]
+    fn recv_close_and_cancel_complete() {
+        let Some(mut ring) = ring() else { return };
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        ring.recv(a.as_fd(), 16, 3).unwrap();
+        std::io::Write::write_all(&mut &b, b"ack").unwrap();
+        let done = wait_for(&mut ring, 1);
+        assert!(matches!(&done[0], Completion::Received { tag: 3, result: Ok(d) } if d == b"ack"), "{done:?}");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let id = ring.accept(listener.as_fd(), 4, true).unwrap();
+        ring.submit().unwrap();
+        ring.cancel(id).unwrap();
+        let done = wait_for(&mut ring, 1);
+        assert!(
+            matches!(&done[0], Completion::Accepted { tag: 4, result: Err(e), more: false } if e.raw_os_error() == Some(libc::ECANCELED)),
+            "{done:?}"
+        );
+        ring.close(OwnedFd::from(b)).unwrap();
+        ring.submit().unwrap();
+    }
+}
