@@ -513,6 +513,8 @@ impl Drop for Ring {
 mod tests {
     use super::*;
 
+    const HEADER: usize = crate::channel::HEADER_LEN;
+
     /// A ring, or `None` (skipped, loudly) where the kernel refuses io_uring.
     fn ring() -> Option<Ring> {
         if let Err(why) = probe() {
@@ -562,13 +564,69 @@ mod tests {
         let (a, mut b) = crate::channel::Channel::pair().unwrap();
         let files: Vec<OwnedFd> = (0..3).map(|_| rustix::io::dup(std::io::stdin()).unwrap()).collect();
         let frame = crate::channel::frame::encode(&crate::channel::Message::Handoff { seq: 5 }, 3).unwrap();
-        ring.sendmsg(a.as_fd(), &frame, &[], files, true, 9).unwrap();
+        ring.sendmsg(a.as_fd(), &frame, &[], files, SendOptions::default(), 9).unwrap();
         let done = wait_for(&mut ring, 1);
-        let Completion::Sent { tag: 9, result: Ok(n), fds } = &done[0] else { panic!("{done:?}") };
+        let Completion::Sent { tag: 9, result: Ok(n), fds, count: 3 } = &done[0] else { panic!("{done:?}") };
         assert_eq!((*n, fds.len()), (frame.len(), 3));
         let r = b.recv().unwrap();
         assert_eq!(r.message, crate::channel::Message::Handoff { seq: 5 });
         assert_eq!(r.fds.len(), 3);
+    }
+
+    /// Whether descriptor `raw` is open in this process.
+    fn is_open(raw: RawFd) -> bool {
+        std::path::Path::new(&format!("/proc/self/fd/{raw}")).exists()
+    }
+
+    #[test]
+    fn a_sent_descriptor_is_closed_in_the_ring_and_a_failed_send_gives_it_back_open() {
+        let Some(mut ring) = ring() else { return };
+        let (a, mut b) = crate::channel::Channel::pair().unwrap();
+        let frame = crate::channel::frame::encode(&crate::channel::Message::Handoff { seq: 0 }, 1).unwrap();
+        let options = SendOptions { nonblocking: true, close_sent: true };
+        // Sent: the primary's copy is closed by the linked close, and none comes back.
+        let file = rustix::io::dup(std::io::stdin()).unwrap();
+        let raw = file.as_raw_fd();
+        ring.sendmsg(a.as_fd(), &frame[..HEADER], &frame[HEADER..], vec![file], options, 1).unwrap();
+        let done = wait_for(&mut ring, 1);
+        assert!(
+            matches!(&done[0], Completion::Sent { result: Ok(_), fds, count: 1, .. } if fds.is_empty()),
+            "{done:?}"
+        );
+        assert!(!is_open(raw), "closed by the ring");
+        assert_eq!(b.recv().unwrap().fds.len(), 1, "and delivered");
+        // Failed (the peer is gone): the close is cancelled and the descriptor comes back open.
+        drop(b);
+        let file = rustix::io::dup(std::io::stdin()).unwrap();
+        let raw = file.as_raw_fd();
+        ring.sendmsg(a.as_fd(), &frame[..HEADER], &frame[HEADER..], vec![file], options, 2).unwrap();
+        let done = wait_for(&mut ring, 1);
+        let Completion::Sent { result: Err(e), fds, count: 1, .. } = &done[0] else { panic!("{done:?}") };
+        assert_eq!(e.raw_os_error(), Some(libc::EPIPE));
+        assert_eq!(fds.iter().map(AsRawFd::as_raw_fd).collect::<Vec<_>>(), [raw]);
+        assert!(is_open(raw), "not closed: the send failed");
+    }
+
+    #[test]
+    fn a_nonblocking_send_to_a_full_socket_fails_at_once() {
+        let Some(mut ring) = ring() else { return };
+        let (a, _b) = crate::channel::Channel::pair().unwrap();
+        let payload = vec![0u8; 4096];
+        let mut failed = None;
+        for i in 0..10_000u64 {
+            ring.sendmsg(a.as_fd(), &[], &payload, Vec::new(), SendOptions { nonblocking: true, close_sent: false }, i)
+                .unwrap();
+            // The completion is there as soon as the submitting call returns.
+            ring.submit().unwrap();
+            let mut done = Vec::new();
+            ring.completions(&mut done);
+            assert_eq!(done.len(), 1, "completed within io_uring_enter");
+            if let Completion::Sent { result: Err(e), .. } = &done[0] {
+                failed = Some(e.raw_os_error());
+                break;
+            }
+        }
+        assert_eq!(failed, Some(Some(libc::EAGAIN)), "the socket filled and the send said so");
     }
 
     #[test]
