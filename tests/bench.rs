@@ -1,8 +1,10 @@
-//! `herd bench --quick --json` runs the whole matrix and every count adds up.
+//! `herd bench --quick --json` runs the whole matrix and every count adds up; a row runs on
+//! both accept backends side by side.
 //!
 //! This runs on a shared two-core CI machine, so it asserts behaviour and counts, never speed:
 //! every row under every load is present, ran without a failed request, and the server's own
-//! per-worker accept counts account for exactly the requests the client saw answered.
+//! per-worker accept counts account for exactly the requests the client saw answered. The whole
+//! matrix runs on epoll alone, to keep it short; one row checks the backends next to each other.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -86,7 +88,7 @@ fn number(line: &str, key: &str) -> u64 {
 
 #[test]
 fn quick_bench_covers_the_matrix_with_consistent_counts() {
-    let (code, stdout) = bench(&["--quick", "--json", "--quiet"]);
+    let (code, stdout) = bench(&["--quick", "--json", "--quiet", "--backends", "epoll"]);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), ROWS.len() * 2, "one line per row and load:\n{stdout}");
     let mut i = 0;
@@ -97,6 +99,7 @@ fn quick_bench_covers_the_matrix_with_consistent_counts() {
             assert_eq!(raw(line, "mode"), format!("\"{mode}\""), "{line}");
             let want_accept = accept.map_or("null".to_owned(), |a| format!("\"{a}\""));
             assert_eq!(raw(line, "accept"), want_accept, "{line}");
+            assert_eq!(raw(line, "backend"), "\"epoll\"", "{line}");
             assert_eq!(raw(line, "load"), format!("\"{load}\""), "{line}");
             assert_eq!(raw(line, "error"), "null", "the cell ran: {line}");
             assert_eq!(raw(line, "failures"), "0", "no failed request: {line}");
@@ -110,16 +113,51 @@ fn quick_bench_covers_the_matrix_with_consistent_counts() {
             assert_eq!(per_worker.iter().sum::<u64>(), requests, "accepts == requests served: {line}");
             assert!(requests > 0, "{line}");
             assert_eq!(number(line, "connections"), if load == "light" { 1 } else { 64 }, "{line}");
+            // Every worker at least waits and accepts (or receives), and says so in its count.
+            assert!(number(line, "syscalls_workers") >= requests, "{line}");
+            let per_conn: f64 = raw(line, "syscalls_per_conn").parse().unwrap();
+            let all = number(line, "syscalls_workers") + number(line, "syscalls_primary");
+            assert!((per_conn - all as f64 / requests as f64).abs() < 0.001, "{line}");
         }
     }
     assert_eq!(code, 0, "every cell passed, so the exit status is 0");
 }
 
 #[test]
+fn a_row_runs_on_both_backends_side_by_side() {
+    let args = ["--backends", "epoll,io-uring", "--rows", "handoff", "--loads", "light", "--light-requests", "50"];
+    let (code, stdout) = bench(&args);
+    // Table lines name the backend second; chart titles say `handoff · BACKEND, ...`.
+    let is_row =
+        |l: &&str| matches!(l.split_whitespace().take(2).collect::<Vec<_>>()[..], ["handoff", "epoll" | "io-uring"]);
+    let table: Vec<&str> = stdout.lines().filter(is_row).collect();
+    if let Err(why) = herd::Backend::IoUring.available() {
+        eprintln!("SKIPPED: io_uring is unavailable here ({why}): checking that herd bench says so");
+        assert!(stdout.contains(&format!("io-uring: unavailable here ({why}); epoll only")), "{stdout}");
+        assert_eq!(table.len(), 1, "epoll only:\n{stdout}");
+        assert_eq!(code, 0, "{stdout}");
+        return;
+    }
+    assert_eq!(table.len(), 2, "one line per backend:\n{stdout}");
+    for (line, backend) in table.iter().zip(["epoll", "io-uring"]) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(fields[..3], ["handoff", backend, "light"], "{line}");
+        assert!(!line.contains("FAILED") && !line.contains("INCONSISTENT"), "{line}");
+    }
+    let lines: Vec<&str> = stdout.lines().collect();
+    let first = lines.iter().position(is_row).unwrap();
+    assert_eq!(lines[first + 1], table[1], "the backends sit next to each other:\n{stdout}");
+    assert!(stdout.contains("handoff · io-uring, light (1 in flight)"), "the chart names the backend:\n{stdout}");
+    assert_eq!(code, 0, "{stdout}");
+}
+
+#[test]
 fn bad_arguments_exit_2_with_one_line() {
-    let out = Command::new(env!("CARGO_BIN_EXE_herd")).args(["bench", "--rows", "shared"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("unknown row"), "{stderr}");
+    for (args, says) in [(["--rows", "shared"], "unknown row"), (["--backends", "uring"], "unknown backend")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_herd")).arg("bench").args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+    }
 }

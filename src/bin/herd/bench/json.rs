@@ -17,6 +17,7 @@ pub fn record(cell: &Cell, defer_accept: bool) -> Map<String, Value> {
     let record = json!({
         "mode": cell.row.mode,
         "accept": cell.row.accept,
+        "backend": cell.backend.name(),
         "workers": cell.workers,
         "load": cell.load.kind.as_str(),
         "connections": cell.load.connections,
@@ -35,9 +36,13 @@ pub fn record(cell: &Cell, defer_accept: bool) -> Map<String, Value> {
         "cpu_primary_s": num(|f| Some(f.cpu_primary_s), 2),
         "cpu_workers_s": num(|f| Some(f.cpu_workers_s), 2),
         "cpu_us_per_request": num(|f| f.cpu_us_per_request(), 2),
+        "syscalls_per_conn": num(|f| f.syscalls_per_conn(), 3),
+        "primary_syscalls_per_conn": num(|f| f.primary_syscalls_per_conn(), 3),
         "worker_switches": int(|f| f.worker_switches),
         "primary_switches": int(|f| f.primary_switches),
         "epoll_returns": int(|f| f.epoll_returns),
+        "syscalls_primary": int(|f| f.syscalls_primary),
+        "syscalls_workers": int(|f| f.syscalls_workers),
         "consistent": f.is_some_and(|f| f.consistent()),
         "error": cell.outcome.as_ref().err(),
     });
@@ -76,6 +81,7 @@ fn placeholder() -> Cell {
     use super::plan::{Load, LoadKind, ROWS};
     Cell {
         row: ROWS[0],
+        backend: herd::Backend::Epoll,
         load: Load { kind: LoadKind::Light, connections: 1, requests: 1 },
         workers: 1,
         outcome: Err(String::new()),
@@ -96,6 +102,7 @@ mod tests {
     fn cell(outcome: Result<Figures, String>) -> Cell {
         Cell {
             row: ROWS[4],
+            backend: herd::Backend::IoUring,
             load: Load { kind: LoadKind::Saturating, connections: 64, requests: 4 },
             workers: 2,
             outcome,
@@ -114,6 +121,8 @@ mod tests {
             epoll_returns: 4,
             cpu_primary_s: 0.01,
             cpu_workers_s: 0.03,
+            syscalls_primary: 1,
+            syscalls_workers: 9,
             ..Figures::default()
         }
     }
@@ -135,13 +144,19 @@ mod tests {
     #[test]
     fn writes_a_json_line() {
         let line = json_line(&cell(Ok(figures())), true);
-        assert!(line.starts_with(r#"{"mode":"handoff","accept":null,"workers":2,"load":"saturating","connections":64,"defer_accept":true,"requests":4,"failures":0,"rps":1234.6,"p50_us":80,"p99_us":300,"wakeups_per_accept":2.0,"epoll_returns_per_accept":1.0,"eagains":0,"jain":0.8,"max_min_share":3.0,"per_worker":[3,1],"cpu_primary_s":0.01,"cpu_workers_s":0.03,"cpu_us_per_request":10000.0,"#), "{line}");
-        assert!(line.ends_with(r#""consistent":true,"error":null}"#), "{line}");
+        assert!(line.starts_with(r#"{"mode":"handoff","accept":null,"backend":"io-uring","workers":2,"load":"saturating","connections":64,"defer_accept":true,"requests":4,"failures":0,"rps":1234.6,"p50_us":80,"p99_us":300,"wakeups_per_accept":2.0,"epoll_returns_per_accept":1.0,"eagains":0,"jain":0.8,"max_min_share":3.0,"per_worker":[3,1],"cpu_primary_s":0.01,"cpu_workers_s":0.03,"cpu_us_per_request":10000.0,"syscalls_per_conn":2.5,"primary_syscalls_per_conn":0.25,"#), "{line}");
+        assert!(
+            line.ends_with(
+                r#""epoll_returns":4,"syscalls_primary":1,"syscalls_workers":9,"consistent":true,"error":null}"#
+            ),
+            "{line}"
+        );
     }
 
     #[test]
     fn a_failed_cell_has_every_key() {
         let line = json_line(&cell(Err("herd serve: \"boom\"".into())), false);
+        assert!(line.contains(r#""backend":"io-uring","#), "a failed cell still names its backend: {line}");
         assert!(line.contains(r#""requests":null,"failures":null"#), "{line}");
         assert!(line.ends_with(r#""consistent":false,"error":"herd serve: \"boom\""}"#), "{line}");
         assert_eq!(record(&cell(Err(String::new())), false).len(), record(&cell(Ok(figures())), false).len());
@@ -157,10 +172,10 @@ mod tests {
     #[test]
     fn writes_csv_with_the_same_keys() {
         let header = csv_header();
-        assert!(header.starts_with("mode,accept,workers,load,connections,defer_accept,requests,failures,rps,"));
+        assert!(header.starts_with("mode,accept,backend,workers,load,connections,defer_accept,requests,failures,rps,"));
         let line = csv_line(&cell(Ok(figures())), true);
         assert_eq!(header.split(',').count(), line.split(',').count(), "{header}\n{line}");
-        assert!(line.starts_with("handoff,,2,saturating,64,true,4,0,1234.6,80,300,"), "{line}");
+        assert!(line.starts_with("handoff,,io-uring,2,saturating,64,true,4,0,1234.6,80,300,"), "{line}");
         assert!(line.contains(",3 1,"), "{line}");
         assert!(csv_line(&cell(Err("a, b".into())), true).ends_with(",false,\"a, b\""));
     }

@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use herd::Backend;
+
 use super::plan::{Load, Row};
 use super::procstat::{self, Sample};
 use super::row::{Cell, Figures};
@@ -19,13 +21,13 @@ const SETTLE: Duration = Duration::from_millis(200);
 /// A bound on any one load run, in case requests keep timing out: far beyond a normal run.
 const LOAD_LIMIT: Duration = Duration::from_secs(120);
 
-/// Runs `load` against a fresh server configured as `row`.
-pub fn cell(row: Row, load: Load, options: &server::Options) -> Cell {
-    Cell { row, load, workers: options.workers, outcome: figures(&row, &load, options) }
+/// Runs `load` against a fresh server configured as `row`, on `backend`.
+pub fn cell(row: Row, backend: Backend, load: Load, options: &server::Options) -> Cell {
+    Cell { row, backend, load, workers: options.workers, outcome: figures(&row, backend, &load, options) }
 }
 
-fn figures(row: &Row, load: &Load, options: &server::Options) -> Result<Figures, String> {
-    let server = Server::start(row, options)?;
+fn figures(row: &Row, backend: Backend, load: &Load, options: &server::Options) -> Result<Figures, String> {
+    let server = Server::start(row, backend, options)?;
     std::thread::sleep(SETTLE);
     let pids: Vec<u32> = std::iter::once(server.pid).chain(server.workers.iter().copied()).collect();
     let before = sample(&pids)?;

@@ -11,11 +11,13 @@
 //! - **Two loads**, because busy workers rarely sleep and the herd hides under saturation
 //!   ([`plan`]).
 //! - **CPU µs per request**, because on a small machine the client saturates first ([`row`]).
+//! - **Both accept backends**, epoll and io_uring, side by side for every row that has both,
+//!   with the server's own count of its hot-path system calls ([`plan`], [`row`]).
 //!
 //! | module      | concept                                                    |
 //! |-------------|------------------------------------------------------------|
 //! | this one    | the command line, and running the matrix                   |
-//! | [`plan`]    | rows and loads: what the matrix is                         |
+//! | [`plan`]    | rows, backends and loads: what the matrix is               |
 //! | [`server`]  | starting, watching and stopping one `herd serve`           |
 //! | [`procstat`]| `/proc` samples: context switches and CPU time             |
 //! | [`counters`]| reading the server's `--stats json` counters               |
@@ -38,18 +40,24 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use herd::Backend;
 use plan::{Load, LoadKind, Row};
 use row::Cell;
 
 use crate::cli;
 
 const HELP: &str = "\
-herd bench — run every mode and accept strategy under a light and a saturating load, and
-compare wakeups, fairness, latency, throughput and CPU in one table
+herd bench — run every mode and accept strategy on each accept backend under a light and a
+saturating load, and compare wakeups, fairness, latency, throughput, CPU and system calls in
+one table
 
 Each row (shared/epoll, shared/epoll-exclusive, shared/epoll-rotate, shared/blocking, handoff,
-reuseport) runs under each load against a fresh `herd serve --listen 127.0.0.1:0 --stats json`
-with an in-process `herd load` (churn: a new connection per request). Loads:
+reuseport) runs on each backend and under each load against a fresh `herd serve --backend B
+--listen 127.0.0.1:0 --stats json` with an in-process `herd load` (churn: a new connection per
+request). Backends: epoll (readiness, then accept4 per connection) and io-uring (a multishot
+accept; in handoff mode the primary also sends and closes through its ring); shared/epoll and
+shared/blocking have no io_uring form and run on epoll only. Where io_uring cannot run, its
+cells are skipped and a line says why. Loads:
   light       1 request in flight: workers sleep between connections, so the thundering herd
               shows (every idle worker woken per connection)
   saturating  64 requests in flight: workers are busy, the herd hides; throughput, latency,
@@ -62,6 +70,7 @@ Options:
   -w, --workers N                worker processes per server [default: 4]
       --quick                    a tenth of the requests (about 10 s for the matrix instead of 60 s)
       --rows LIST                comma-separated subset of rows, e.g. shared/epoll,handoff
+      --backends LIST            epoll, io-uring or both [default: epoll,io-uring]
       --loads LIST               light, saturating or both [default: light,saturating]
   -n, --requests N               requests per row under the saturating load [default: 200000]
       --light-requests N         requests per row under the light load [default: 20000]
@@ -94,11 +103,20 @@ Columns:
   CPU wrk s   CPU seconds of all workers during the load
   µs/req      server CPU (primary + workers) per request: the fair efficiency figure when
               the client, not the server, saturates the machine
+  sys/conn    the server's hot-path system calls (accept4, epoll_wait, epoll_ctl,
+              io_uring_enter, sendmsg, recvmsg, eventfd reads and writes, the primary's close
+              of each handed-off descriptor on epoll) per connection, by its own exact counts.
+              They cover the server's whole life: start-up and shutdown add a few dozen calls,
+              negligible against the thousands of connections of a run
+  pri sys/c   the same for the primary alone: what handing connections on costs it
   fail        failed requests of any kind (refused, reset, timeout, bad status, ...)
---json keys: mode, accept, workers, load, connections, defer_accept, requests, failures, rps,
-p50_us, p99_us, wakeups_per_accept, epoll_returns_per_accept, eagains, jain, max_min_share,
-per_worker, cpu_primary_s, cpu_workers_s, cpu_us_per_request, worker_switches,
-primary_switches, epoll_returns, consistent, error. --csv has the same columns.
+--json keys: mode, accept, backend, workers, load, connections, defer_accept, requests,
+failures, rps, p50_us, p99_us, wakeups_per_accept, epoll_returns_per_accept, eagains, jain,
+max_min_share, per_worker, cpu_primary_s, cpu_workers_s, cpu_us_per_request,
+syscalls_per_conn, primary_syscalls_per_conn, worker_switches, primary_switches,
+epoll_returns, syscalls_primary, syscalls_workers, consistent, error. --csv has the same
+columns.
+
 
 Exit status: 0 if every cell ran with no failed request and consistent counts (server
 connections == requests answered, per worker), 1 otherwise, 2 on bad usage.
@@ -115,6 +133,8 @@ pub struct Run {
     pub workers: usize,
     pub defer_accept: bool,
     pub loads: Vec<Load>,
+    /// What the run could not measure as asked, one line each (shown under the header).
+    pub notes: Vec<String>,
     pub nproc: usize,
     pub kernel: String,
     pub date: String,
@@ -154,6 +174,7 @@ enum Output {
 struct Args {
     workers: usize,
     rows: Vec<Row>,
+    backends: Vec<Backend>,
     loads: Vec<Load>,
     defer_accept: bool,
     output: Output,
@@ -166,6 +187,7 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Option<Args>, String> {
     let mut workers = 4;
     let mut quick = false;
     let mut rows = plan::ROWS.to_vec();
+    let mut backends = Backend::ALL.to_vec();
     let mut kinds = vec![LoadKind::Light, LoadKind::Saturating];
     let mut light = None;
     let mut saturating = None;
@@ -179,6 +201,7 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Option<Args>, String> {
             Short('w') | Long("workers") => workers = ranged(&mut parser, "--workers", 1, 1024)?,
             Long("quick") => quick = true,
             Long("rows") => rows = plan::parse_rows(&cli::parse::<String>(&mut parser, "--rows")?)?,
+            Long("backends") => backends = plan::parse_backends(&cli::parse::<String>(&mut parser, "--backends")?)?,
             Long("loads") => kinds = plan::parse_loads(&cli::parse::<String>(&mut parser, "--loads")?)?,
             Short('n') | Long("requests") => saturating = Some(ranged(&mut parser, "--requests", 1, 100_000_000)?),
             Long("light-requests") => light = Some(ranged(&mut parser, "--light-requests", 1, 100_000_000)?),
@@ -204,7 +227,7 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Option<Args>, String> {
             }
         })
         .collect();
-    Ok(Some(Args { workers: workers as usize, rows, loads, defer_accept, output, svg, quiet }))
+    Ok(Some(Args { workers: workers as usize, rows, backends, loads, defer_accept, output, svg, quiet }))
 }
 
 /// An integer option in `min..=max`.
@@ -224,14 +247,24 @@ fn exclusive(current: Output, wanted: Output) -> Result<Output, String> {
 
 /// Entry point of `herd bench`; `parser` is positioned just after the `bench` word.
 pub fn main(parser: lexopt::Parser) -> ExitCode {
-    let args = match cli::arguments("bench", HELP, parse_args(parser)) {
+    let mut args = match cli::arguments("bench", HELP, parse_args(parser)) {
         Ok(args) => args,
         Err(code) => return code,
     };
+    let probe = if args.backends.contains(&Backend::IoUring) { Backend::IoUring.available() } else { Ok(()) };
+    let (backends, unavailable) = plan::usable_backends(&args.backends, probe);
+    let mut notes: Vec<String> = plan::epoll_only_note(&args.rows, &args.backends).into_iter().collect();
+    if let Some(line) = unavailable {
+        // Even with --quiet: it changes what was measured.
+        eprintln!("{line}");
+        notes.push(line);
+    }
+    args.backends = backends;
     let run = Run {
         workers: args.workers,
         defer_accept: args.defer_accept,
         loads: args.loads.clone(),
+        notes,
         nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(|_| "?".into(), |k| k.trim().into()),
         date: crate::timestamp::now()[..10].to_owned(),
@@ -249,30 +282,29 @@ pub fn main(parser: lexopt::Parser) -> ExitCode {
     if cells.iter().any(Cell::failed) { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
-/// Measures every (row, load), in table order, printing progress and streaming JSON/CSV lines.
+/// Measures every (row, backend, load), in table order, printing progress and streaming
+/// JSON/CSV lines.
 fn run_matrix(args: &Args, run: &Run) -> Vec<Cell> {
     let options = server::Options { workers: args.workers, defer_accept: args.defer_accept };
     if args.output == Output::Csv {
         print_or_fail(&format!("{}\n", json::csv_header()));
     }
-    let total = args.rows.len() * args.loads.len();
-    let mut cells = Vec::with_capacity(total);
-    for &row in &args.rows {
-        for &load in &args.loads {
-            if !args.quiet {
-                eprint!("[{}/{total}] {row}, {load} ... ", cells.len() + 1);
-            }
-            let cell = measure::cell(row, load, &options);
-            if !args.quiet {
-                eprintln!("{}", progress(&cell));
-            }
-            match args.output {
-                Output::Json => print_or_fail(&format!("{}\n", json::json_line(&cell, run.defer_accept))),
-                Output::Csv => print_or_fail(&format!("{}\n", json::csv_line(&cell, run.defer_accept))),
-                Output::Table => {}
-            }
-            cells.push(cell);
+    let plan = plan::cells(&args.rows, &args.backends, &args.loads);
+    let mut cells = Vec::with_capacity(plan.len());
+    for (i, &(row, backend, load)) in plan.iter().enumerate() {
+        if !args.quiet {
+            eprint!("[{}/{}] {row} · {backend}, {load} ... ", i + 1, plan.len());
         }
+        let cell = measure::cell(row, backend, load, &options);
+        if !args.quiet {
+            eprintln!("{}", progress(&cell));
+        }
+        match args.output {
+            Output::Json => print_or_fail(&format!("{}\n", json::json_line(&cell, run.defer_accept))),
+            Output::Csv => print_or_fail(&format!("{}\n", json::csv_line(&cell, run.defer_accept))),
+            Output::Table => {}
+        }
+        cells.push(cell);
     }
     cells
 }
@@ -281,10 +313,11 @@ fn run_matrix(args: &Args, run: &Run) -> Vec<Cell> {
 fn progress(cell: &Cell) -> String {
     match &cell.outcome {
         Ok(f) => format!(
-            "{:.0} req/s, {:.2} wakeups/accept, Jain {:.4}{}{}",
+            "{:.0} req/s, {:.2} wakeups/accept, Jain {:.4}, {:.2} syscalls/conn{}{}",
             f.rps,
             f.wakeups_per_accept().unwrap_or(0.0),
             f.jain().unwrap_or(0.0),
+            f.syscalls_per_conn().unwrap_or(0.0),
             if f.failures > 0 { format!(", {} FAILED requests", f.failures) } else { String::new() },
             if f.consistent() { "" } else { ", INCONSISTENT counts" }
         ),
@@ -312,6 +345,7 @@ mod tests {
     fn defaults_run_the_whole_matrix() {
         let a = parse(&[]).unwrap().unwrap();
         assert_eq!((a.workers, a.rows.len(), a.defer_accept, a.output), (4, 6, true, Output::Table));
+        assert_eq!(a.backends, Backend::ALL);
         assert_eq!(
             a.loads,
             [
@@ -329,6 +363,8 @@ mod tests {
             "--quick",
             "--rows",
             "handoff,shared/epoll",
+            "--backends",
+            "io-uring",
             "--loads",
             "saturating",
             "--saturating-connections",
@@ -343,6 +379,7 @@ mod tests {
         .unwrap();
         assert_eq!((a.workers, a.defer_accept, a.output, a.quiet), (8, false, Output::Csv, true));
         assert_eq!(a.rows, [plan::ROWS[0], plan::ROWS[4]]);
+        assert_eq!(a.backends, [Backend::IoUring]);
         let want =
             Load { kind: LoadKind::Saturating, connections: 16, requests: SATURATING_REQUESTS.div_ceil(QUICK_DIVISOR) };
         assert_eq!(a.loads, [want]);
@@ -359,6 +396,8 @@ mod tests {
             &["--workers", "x"],
             &["--rows", "shared"],
             &["--loads", "heavy"],
+            &["--backends", "uring"],
+            &["--backends", ","],
             &["--json", "--csv"],
             &["--requests", "0"],
             &["--bogus"],
@@ -375,6 +414,7 @@ mod tests {
             "--workers",
             "--quick",
             "--rows",
+            "--backends",
             "--loads",
             "--requests",
             "--light-requests",
@@ -389,8 +429,14 @@ mod tests {
             "Jain",
             "max/min",
             "µs/req",
+            "sys/conn",
+            "pri sys/c",
+            "whole life",
         ] {
             assert!(HELP.contains(word), "help mentions {word}");
         }
+        let keys = HELP.split("--json keys:").nth(1).unwrap().split(". --csv").next().unwrap().replace('\n', " ");
+        let listed: Vec<&str> = keys.split(',').map(str::trim).collect();
+        assert_eq!(listed.join(","), json::csv_header(), "--json keys lists every key, in order");
     }
 }

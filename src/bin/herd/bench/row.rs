@@ -14,16 +14,23 @@
 //! - **CPU µs per request** is all the server's CPU (primary plus workers) per request: on a
 //!   small machine the client saturates the cores first, so requests per second say more about
 //!   the client than the server, while CPU per request is what each design costs.
+//! - **System calls per connection** are the server's own exact counts of its hot-path calls
+//!   (`accept4`, `epoll_wait`, `io_uring_enter`, `sendmsg`, ...) per connection. They cover the
+//!   server's whole life, not just the load: start-up and shutdown add a few dozen calls, which
+//!   thousands of connections make negligible.
+
+use herd::Backend;
+use herd::stats::Snapshot;
 
 use super::plan::{Load, Row};
 use super::procstat::Sample;
 use crate::load;
-use herd::stats::Snapshot;
 
-/// One (row, load) cell: what ran, and what came of it.
+/// One (row, backend, load) cell: what ran, and what came of it.
 #[derive(Clone, Debug)]
 pub struct Cell {
     pub row: Row,
+    pub backend: Backend,
     pub load: Load,
     pub workers: usize,
     /// The figures, or why there are none (the server did not start, died, hung...).
@@ -65,6 +72,10 @@ pub struct Figures {
     pub eagains: u64,
     pub cpu_primary_s: f64,
     pub cpu_workers_s: f64,
+    /// The primary's hot-path system calls, over the server's life.
+    pub syscalls_primary: u64,
+    /// Σ of the workers' hot-path system calls, over the server's life.
+    pub syscalls_workers: u64,
 }
 
 impl Figures {
@@ -93,6 +104,8 @@ impl Figures {
             eagains: counters.workers.iter().map(|w| w.eagains).sum(),
             cpu_primary_s: ticks(primary.cpu_ticks),
             cpu_workers_s: ticks(workers.iter().map(|s| s.cpu_ticks).sum()),
+            syscalls_primary: counters.primary.syscalls,
+            syscalls_workers: counters.workers.iter().map(|w| w.syscalls).sum(),
         }
     }
 
@@ -129,6 +142,16 @@ impl Figures {
     /// Server CPU (primary plus workers) per successful request, in µs.
     pub fn cpu_us_per_request(&self) -> Option<f64> {
         (self.requests > 0).then(|| (self.cpu_primary_s + self.cpu_workers_s) * 1e6 / self.requests as f64)
+    }
+
+    /// The server's hot-path system calls (primary and workers) per connection.
+    pub fn syscalls_per_conn(&self) -> Option<f64> {
+        ratio(self.syscalls_primary + self.syscalls_workers, self.connections())
+    }
+
+    /// The primary's hot-path system calls per connection: what handing connections on costs.
+    pub fn primary_syscalls_per_conn(&self) -> Option<f64> {
+        ratio(self.syscalls_primary, self.connections())
     }
 
     /// The counts add up: the server's connections equal the requests answered, the response
@@ -177,6 +200,8 @@ mod tests {
             epoll_returns: requests + 2,
             cpu_primary_s: 0.5,
             cpu_workers_s: 1.5,
+            syscalls_primary: requests / 2,
+            syscalls_workers: 2 * requests,
             ..Figures::default()
         }
     }
@@ -215,6 +240,15 @@ mod tests {
         let f = figures(&[1000, 1000]);
         assert_eq!(f.cpu_us_per_request(), Some(1000.0));
         assert_eq!(figures(&[]).cpu_us_per_request(), None);
+    }
+
+    #[test]
+    fn syscalls_are_per_connection() {
+        let f = figures(&[300, 100]);
+        assert_eq!(f.syscalls_per_conn(), Some(2.5));
+        assert_eq!(f.primary_syscalls_per_conn(), Some(0.5));
+        let none = figures(&[0, 0]);
+        assert_eq!((none.syscalls_per_conn(), none.primary_syscalls_per_conn()), (None, None));
     }
 
     #[test]

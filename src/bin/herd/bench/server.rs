@@ -8,6 +8,9 @@
 //! with `--quiet`: those lifecycle lines are the only signal that it is ready. Its stdout is the
 //! counters object (`--stats json`), read whole at exit by a second thread.
 //!
+//! A server asked for io_uring that logs its fallback to epoll (`io-uring is unavailable: ...;
+//! using epoll`) fails the start: its figures would be epoll's under io-uring's name.
+//!
 //! Every wait is bounded. Failures come back as one-line messages, with the process group
 //! already killed and reaped, so a failed row never hangs the run.
 
@@ -18,6 +21,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use herd::Backend;
 use rustix::process::{Pid, Signal};
 
 use super::plan::Row;
@@ -48,12 +52,13 @@ pub struct Server {
     stdout: Option<JoinHandle<String>>,
 }
 
-/// The arguments of `herd serve` for `row`.
-pub fn arguments(row: &Row, options: &Options) -> Vec<String> {
+/// The arguments of `herd serve` for `row` on `backend`.
+pub fn arguments(row: &Row, backend: Backend, options: &Options) -> Vec<String> {
     let mut args = vec!["serve".to_owned(), "--mode".to_owned(), row.mode.to_owned()];
     if let Some(accept) = row.accept {
         args.extend(["--accept".to_owned(), accept.to_owned()]);
     }
+    args.extend(["--backend".to_owned(), backend.name().to_owned()]);
     args.extend(["--workers".to_owned(), options.workers.to_string()]);
     args.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
     if options.defer_accept {
@@ -64,11 +69,11 @@ pub fn arguments(row: &Row, options: &Options) -> Vec<String> {
 }
 
 impl Server {
-    /// Starts the server for `row` and waits until every worker listens.
-    pub fn start(row: &Row, options: &Options) -> Result<Server, String> {
+    /// Starts the server for `row` on `backend` and waits until every worker listens.
+    pub fn start(row: &Row, backend: Backend, options: &Options) -> Result<Server, String> {
         let exe = std::env::current_exe().map_err(|e| format!("finding this executable: {e}"))?;
         let mut child = Command::new(&exe)
-            .args(arguments(row, options))
+            .args(arguments(row, backend, options))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -95,7 +100,7 @@ impl Server {
             });
         }
         let mut server = Server { child: Some(child), pid, port: 0, workers: Vec::new(), stderr: stderr_rx, stdout };
-        match server.wait_until_listening(options.workers) {
+        match server.wait_until_listening(options.workers, backend) {
             Ok(()) => Ok(server),
             Err(e) => {
                 server.kill();
@@ -104,8 +109,9 @@ impl Server {
         }
     }
 
-    /// Reads stderr until the port is known and `workers` workers are listening.
-    fn wait_until_listening(&mut self, workers: usize) -> Result<(), String> {
+    /// Reads stderr until the port is known and `workers` workers are listening; fails if a
+    /// server asked for io_uring says it fell back to epoll.
+    fn wait_until_listening(&mut self, workers: usize, backend: Backend) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
         let mut pids = vec![None; workers];
         let mut listening = 0;
@@ -124,6 +130,9 @@ impl Server {
                     return Err(format!("herd serve exited before it was ready: {}", last.trim()));
                 }
             };
+            if let Some(warning) = fallback_in(&line).filter(|_| backend == Backend::IoUring) {
+                return Err(format!("herd serve --backend io-uring fell back to epoll: {warning}"));
+            }
             if let Some(port) = port_in(&line) {
                 self.port = port;
             } else if let Some((id, pid)) = fork_in(&line) {
@@ -218,6 +227,13 @@ fn port_in(line: &str) -> Option<u16> {
     addr.rsplit_once(':')?.1.parse().ok().filter(|&p| p != 0)
 }
 
+/// The warning of a `... herd: warning primary: io-uring is unavailable: WHY; using epoll`
+/// line, from `io-uring` on.
+fn fallback_in(line: &str) -> Option<&str> {
+    let start = line.find("io-uring is unavailable: ")?;
+    line.contains("; using epoll").then(|| &line[start..])
+}
+
 /// The worker slot and pid of a `... herd: fork worker=ID pid=PID` line.
 fn fork_in(line: &str) -> Option<(usize, u32)> {
     let rest = line.split("herd: fork ").nth(1)?;
@@ -240,14 +256,14 @@ mod tests {
     #[test]
     fn builds_serve_arguments() {
         let opts = Options { workers: 4, defer_accept: true };
-        let args = arguments(&Row { mode: "shared", accept: Some("epoll") }, &opts).join(" ");
+        let args = arguments(&Row { mode: "shared", accept: Some("epoll") }, Backend::Epoll, &opts).join(" ");
         assert_eq!(
             args,
-            "serve --mode shared --accept epoll --workers 4 --listen 127.0.0.1:0 --defer-accept --stats json"
+            "serve --mode shared --accept epoll --backend epoll --workers 4 --listen 127.0.0.1:0 --defer-accept --stats json"
         );
         let opts = Options { workers: 8, defer_accept: false };
-        let args = arguments(&Row { mode: "handoff", accept: None }, &opts).join(" ");
-        assert_eq!(args, "serve --mode handoff --workers 8 --listen 127.0.0.1:0 --stats json");
+        let args = arguments(&Row { mode: "handoff", accept: None }, Backend::IoUring, &opts).join(" ");
+        assert_eq!(args, "serve --mode handoff --backend io-uring --workers 8 --listen 127.0.0.1:0 --stats json");
     }
 
     #[test]
@@ -258,5 +274,19 @@ mod tests {
         assert_eq!(port_in("2026-11-21T08:01:02.123Z herd: listening worker=0 pid=10"), None);
         assert_eq!(fork_in("2026-11-21T08:01:02.123Z herd: fork worker=3 pid=4242"), Some((3, 4242)));
         assert_eq!(fork_in("2026-11-21T08:01:02.123Z herd: online worker=3 pid=4242"), None);
+    }
+
+    #[test]
+    fn spots_the_fallback_to_epoll() {
+        let line = "2026-11-29T22:03:23.173Z herd: warning primary: io-uring is unavailable: \
+                    io_uring_setup: Operation not permitted (os error 1); using epoll";
+        assert_eq!(
+            fallback_in(line),
+            Some("io-uring is unavailable: io_uring_setup: Operation not permitted (os error 1); using epoll")
+        );
+        let other = "2026-11-29T22:03:23.173Z herd: warning primary: shared/epoll has no io_uring form: \
+                     workers wait with it on epoll";
+        assert_eq!(fallback_in(other), None);
+        assert_eq!(fallback_in("2026-11-21T08:01:02.123Z herd: listening worker=0 pid=10"), None);
     }
 }

@@ -1,6 +1,6 @@
 //! `--svg FILE`: the per-worker distribution charts as one self-contained SVG.
 //!
-//! A grid of panels — one line per row, one column per load — each with a bar per worker
+//! A grid of panels — one line per (row, backend), one column per load — each with a bar per worker
 //! showing its share of the connections, a dashed line at the fair share (1/N), and the row's
 //! Jain index. Every panel shares one axis, so bars can be compared across panels. Written by
 //! hand: rectangles, lines and text, no scripts, no external fonts or styles.
@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use super::Run;
 use super::plan::LoadKind;
 use super::row::Cell;
+use super::table::title;
 
 const PANEL_W: f64 = 470.0;
 const BAR_X: f64 = 48.0;
@@ -19,6 +20,8 @@ const BAR_STEP: f64 = 18.0;
 const PANEL_HEAD: f64 = 40.0;
 const PANEL_GAP: f64 = 18.0;
 const TOP: f64 = 80.0;
+/// Room for each of the run's notes under the header.
+const NOTE_H: f64 = 16.0;
 const MARGIN: f64 = 16.0;
 
 /// The whole document.
@@ -27,15 +30,16 @@ pub fn render(run: &Run, cells: &[Cell]) -> String {
     let rows: Vec<_> = {
         let mut rows = Vec::new();
         for cell in cells {
-            if !rows.contains(&cell.row) {
-                rows.push(cell.row);
+            if !rows.contains(&(cell.row, cell.backend)) {
+                rows.push((cell.row, cell.backend));
             }
         }
         rows
     };
+    let top = TOP + NOTE_H * run.notes.len() as f64;
     let panel_h = PANEL_HEAD + BAR_STEP * run.workers as f64 + PANEL_GAP;
     let width = MARGIN * 2.0 + PANEL_W * columns.len().max(1) as f64;
-    let height = TOP + panel_h * rows.len() as f64 + MARGIN;
+    let height = top + panel_h * rows.len() as f64 + MARGIN;
     let axis = axis_percent(run.workers, cells);
 
     let mut s = String::new();
@@ -53,14 +57,19 @@ pub fn render(run: &Run, cells: &[Cell]) -> String {
         r##"<text x="{MARGIN}" y="60" fill="#444">Bars: each worker's share of the connections (axis 0–{axis:.0} %); dashed line: the fair share, 1/{}</text>"##,
         run.workers
     );
+    for (i, note) in run.notes.iter().enumerate() {
+        let y = 76.0 + NOTE_H * i as f64;
+        let _ = writeln!(s, r##"<text x="{MARGIN}" y="{y:.0}" fill="#444">{}</text>"##, escape(note));
+    }
     for cell in cells {
-        let (Some(col), Some(row)) =
-            (columns.iter().position(|&k| k == cell.load.kind), rows.iter().position(|&r| r == cell.row))
-        else {
+        let (Some(col), Some(row)) = (
+            columns.iter().position(|&k| k == cell.load.kind),
+            rows.iter().position(|&r| r == (cell.row, cell.backend)),
+        ) else {
             continue;
         };
         let x = MARGIN + PANEL_W * col as f64;
-        let y = TOP + panel_h * row as f64;
+        let y = top + panel_h * row as f64;
         panel(&mut s, cell, x, y, axis);
     }
     s.push_str("</svg>\n");
@@ -81,13 +90,7 @@ fn panel(s: &mut String, cell: &Cell, x: f64, y: f64, axis: f64) {
         LoadKind::Light => "#4c78a8",
         LoadKind::Saturating => "#e45756",
     };
-    let _ = writeln!(
-        s,
-        r#"<text x="{x}" y="{:.1}" font-weight="bold">{} — {}</text>"#,
-        y + 14.0,
-        escape(&cell.row.to_string()),
-        escape(&cell.load.to_string())
-    );
+    let _ = writeln!(s, r#"<text x="{x}" y="{:.1}" font-weight="bold">{}</text>"#, y + 14.0, escape(&title(cell)));
     let f = match &cell.outcome {
         Ok(f) => f,
         Err(e) => {
@@ -146,12 +149,14 @@ mod tests {
     use super::super::plan::{Load, ROWS};
     use super::super::row::Figures;
     use super::*;
+    use herd::Backend;
 
     fn run() -> Run {
         Run {
             workers: 2,
             defer_accept: true,
             loads: vec![Load { kind: LoadKind::Light, connections: 1, requests: 4 }],
+            notes: vec!["shared/epoll has no io_uring form: epoll only".into()],
             nproc: 2,
             kernel: "6.18".into(),
             date: "2026-11-21".into(),
@@ -168,8 +173,8 @@ mod tests {
         let load = Load { kind: LoadKind::Light, connections: 1, requests: 4 };
         let ok = Figures { requests: 4, per_worker: vec![3, 1], answered_by: vec![3, 1], ..Figures::default() };
         let cells = [
-            Cell { row: ROWS[0], load, workers: 2, outcome: Ok(ok) },
-            Cell { row: ROWS[1], load, workers: 2, outcome: Err("no <port>".into()) },
+            Cell { row: ROWS[0], backend: Backend::Epoll, load, workers: 2, outcome: Ok(ok) },
+            Cell { row: ROWS[1], backend: Backend::Epoll, load, workers: 2, outcome: Err("no <port>".into()) },
         ];
         let svg = render(&run(), &cells);
         assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
@@ -181,5 +186,29 @@ mod tests {
         // The axis leaves room for the busiest worker's 75 %.
         assert_eq!(axis_percent(2, &cells), 100.0);
         assert_eq!(axis_percent(8, &cells[1..]), 30.0);
+        assert!(svg.contains(">shared/epoll has no io_uring form: epoll only</text>"));
+    }
+
+    #[test]
+    fn a_rows_backends_get_lines_of_their_own() {
+        let load = Load { kind: LoadKind::Light, connections: 1, requests: 4 };
+        let ok = Figures { requests: 4, per_worker: vec![2, 2], answered_by: vec![2, 2], ..Figures::default() };
+        let cells = [Backend::Epoll, Backend::IoUring].map(|backend| Cell {
+            row: ROWS[4],
+            backend,
+            load,
+            workers: 2,
+            outcome: Ok(ok.clone()),
+        });
+        let svg = render(&run(), &cells);
+        assert!(svg.contains(">handoff · epoll, light (1 in flight)</text>"), "{svg}");
+        assert!(svg.contains(">handoff · io-uring, light (1 in flight)</text>"), "{svg}");
+        let ys: Vec<&str> = svg
+            .lines()
+            .filter(|l| l.contains("font-weight=\"bold\">handoff"))
+            .map(|l| l.split('"').nth(3).unwrap())
+            .collect();
+        assert_eq!(ys.len(), 2);
+        assert_ne!(ys[0], ys[1], "one panel under the other, not on top of it");
     }
 }

@@ -1,5 +1,6 @@
-//! The human report: a header naming the machine, one table line per cell, a legend, and a
-//! per-worker distribution chart for every cell drawn with Unicode eighth blocks.
+//! The human report: a header naming the machine (and what could not run on it), one table
+//! line per cell, a legend, and a per-worker distribution chart for every cell drawn with
+//! Unicode eighth blocks.
 
 use std::fmt::Write as _;
 
@@ -17,11 +18,15 @@ pub fn render(run: &Run, cells: &[Cell]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{}", run.header());
     let _ = writeln!(out, "{}", run.loads_line());
+    for note in &run.notes {
+        let _ = writeln!(out, "{note}");
+    }
     out.push('\n');
     let _ = writeln!(
         out,
-        "{:<22}  {:<25} {:>8} {:>7} {:>7} {:>10} {:>10} {:>7} {:>7} {:>7} {:>9} {:>9} {:>8} {:>6}",
+        "{:<22}  {:<8}  {:<25} {:>8} {:>7} {:>7} {:>10} {:>10} {:>7} {:>7} {:>7} {:>9} {:>9} {:>8} {:>8} {:>9} {:>6}",
         "mode/accept",
+        "backend",
         "load",
         "req/s",
         "p50 µs",
@@ -34,6 +39,8 @@ pub fn render(run: &Run, cells: &[Cell]) -> String {
         "CPU pri s",
         "CPU wrk s",
         "µs/req",
+        "sys/conn",
+        "pri sys/c",
         "fail"
     );
     for cell in cells {
@@ -58,17 +65,20 @@ Jain       Jain's fairness index over connections per worker: 1 = even, 1/N = on
 max/min    the busiest worker's connections over the idlest's (inf: a worker got none)
 CPU pri s, CPU wrk s   CPU seconds of the primary and of all workers during the load
 µs/req     server CPU (primary + workers) per request; fail: failed requests (any kind)
+sys/conn   the server's hot-path system calls (accept4, epoll_wait, epoll_ctl, io_uring_enter,
+           sendmsg, recvmsg, ...; its own counts, over its whole life) per connection
+pri sys/c  the same for the primary alone: what handing connections on costs it
 ";
 
 /// One table line.
 fn line(cell: &Cell) -> String {
-    let head = format!("{:<22}  {:<25}", cell.row.to_string(), cell.load.to_string());
+    let head = format!("{:<22}  {:<8}  {:<25}", cell.row.to_string(), cell.backend.name(), cell.load.to_string());
     let f = match &cell.outcome {
         Ok(f) => f,
         Err(e) => return format!("{head} FAILED: {e}"),
     };
     let mut s = format!(
-        "{head} {:>8.0} {:>7} {:>7} {:>10} {:>10} {:>7} {:>7} {:>7} {:>9.2} {:>9.2} {:>8} {:>6}",
+        "{head} {:>8.0} {:>7} {:>7} {:>10} {:>10} {:>7} {:>7} {:>7} {:>9.2} {:>9.2} {:>8} {:>8} {:>9} {:>6}",
         f.rps,
         f.p50_us,
         f.p99_us,
@@ -80,6 +90,8 @@ fn line(cell: &Cell) -> String {
         f.cpu_primary_s,
         f.cpu_workers_s,
         fixed(f.cpu_us_per_request(), 1),
+        fixed(f.syscalls_per_conn(), 2),
+        fixed(f.primary_syscalls_per_conn(), 2),
         f.failures
     );
     if !f.consistent() {
@@ -110,7 +122,7 @@ fn fixed(v: Option<f64>, decimals: usize) -> String {
 
 /// The distribution chart of one cell.
 fn chart(cell: &Cell) -> String {
-    let mut out = format!("{}, {}", cell.row, cell.load);
+    let mut out = title(cell);
     let f = match &cell.outcome {
         Ok(f) => f,
         Err(_) => return out + ": failed\n",
@@ -122,6 +134,11 @@ fn chart(cell: &Cell) -> String {
         let _ = writeln!(out, "  w{id:<3} {:<BAR_WIDTH$} {share:>6.2} % {n:>8}", bar(fraction, BAR_WIDTH, n > 0));
     }
     out
+}
+
+/// What a chart shows: `handoff · io-uring, saturating (64 in flight)`.
+pub fn title(cell: &Cell) -> String {
+    format!("{} · {}, {}", cell.row, cell.backend, cell.load)
 }
 
 /// A bar `fraction` of `width` characters long, in eighths of a character; a non-empty count
@@ -138,7 +155,50 @@ fn bar(fraction: f64, width: usize, nonzero: bool) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::plan::{Load, LoadKind, ROWS};
     use super::*;
+    use herd::Backend;
+
+    fn run() -> Run {
+        Run {
+            workers: 2,
+            defer_accept: true,
+            loads: vec![Load { kind: LoadKind::Saturating, connections: 64, requests: 4 }],
+            notes: vec!["io-uring: unavailable here (io_uring_setup: EPERM); epoll only".into()],
+            nproc: 2,
+            kernel: "6.18".into(),
+            date: "2026-11-29".into(),
+        }
+    }
+
+    fn cell(row: usize, backend: Backend, us_per_req: f64) -> Cell {
+        let f = Figures {
+            requests: 4,
+            per_worker: vec![3, 1],
+            answered_by: vec![3, 1],
+            cpu_workers_s: us_per_req * 4.0 / 1e6,
+            syscalls_primary: 1,
+            syscalls_workers: 9,
+            ..Figures::default()
+        };
+        Cell { row: ROWS[row], backend, load: run().loads[0], workers: 2, outcome: Ok(f) }
+    }
+
+    #[test]
+    fn renders_backends_syscalls_and_notes() {
+        let cells = [cell(4, Backend::IoUring, 30.0), cell(5, Backend::IoUring, 20.0)];
+        let report = render(&run(), &cells);
+        let lines: Vec<&str> = report.lines().collect();
+        assert_eq!(lines[2], "io-uring: unavailable here (io_uring_setup: EPERM); epoll only", "{report}");
+        let header: Vec<&str> = lines[4].split("  ").filter(|s| !s.is_empty()).map(str::trim).collect();
+        assert_eq!(header[..3], ["mode/accept", "backend", "load"], "{report}");
+        assert!(lines[4].ends_with("µs/req sys/conn pri sys/c   fail"), "{report}");
+        let row: Vec<&str> = lines[5].split_whitespace().collect();
+        assert_eq!(row[..3], ["handoff", "io-uring", "saturating"], "{report}");
+        assert_eq!(row[row.len() - 3..], ["2.50", "0.25", "0"], "sys/conn, pri sys/c, fail: {report}");
+        assert!(report.contains("\nhandoff · io-uring, saturating (64 in flight)  Jain "), "{report}");
+        assert!(report.contains("pri sys/c  the same for the primary alone"), "the legend explains the columns");
+    }
 
     #[test]
     fn bars_use_eighths() {
