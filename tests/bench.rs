@@ -148,6 +148,7 @@ fn a_row_runs_on_both_backends_side_by_side() {
     let first = lines.iter().position(is_row).unwrap();
     assert_eq!(lines[first + 1], table[1], "the backends sit next to each other:\n{stdout}");
     assert!(stdout.contains("handoff · io-uring, light (1 in flight)"), "the chart names the backend:\n{stdout}");
+    assert!(stdout.contains("handoff primary syscalls/conn, light, io-uring: "), "{stdout}");
     assert_eq!(code, 0, "{stdout}");
 }
 

@@ -23,6 +23,7 @@
 //! | [`counters`]| reading the server's `--stats json` counters               |
 //! | [`measure`] | one cell: server, samples, load, counters                  |
 //! | [`row`]     | one cell's figures and the computations on them            |
+//! | [`ratios`]  | the ratios the run answers, against their targets          |
 //! | [`table`]   | the human table and distribution charts                    |
 //! | [`json`]    | JSON lines and CSV                                         |
 //! | [`svg`]     | the distribution charts as an SVG                          |
@@ -31,6 +32,7 @@ mod json;
 mod measure;
 mod plan;
 mod procstat;
+mod ratios;
 mod row;
 mod server;
 mod svg;
@@ -117,6 +119,10 @@ syscalls_per_conn, primary_syscalls_per_conn, worker_switches, primary_switches,
 epoll_returns, syscalls_primary, syscalls_workers, consistent, error. --csv has the same
 columns.
 
+Under the table, ratios from the run's cells, each with its target (met or not met):
+handoff ÷ reuseport µs/req per backend and load (≤ 1.2 saturating, ≤ 2 light), io-uring ÷
+epoll reuseport µs/req per load (≤ 1), and handoff's primary system calls per connection per
+backend and load (≤ 0.25 on io-uring, saturating).
 
 Exit status: 0 if every cell ran with no failed request and consistent counts (server
 connections == requests answered, per worker), 1 otherwise, 2 on bad usage.

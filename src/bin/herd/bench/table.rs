@@ -1,10 +1,11 @@
 //! The human report: a header naming the machine (and what could not run on it), one table
-//! line per cell, a legend, and a per-worker distribution chart for every cell drawn with
-//! Unicode eighth blocks.
+//! line per cell, the ratios held to their targets, a legend, and a per-worker distribution
+//! chart for every cell drawn with Unicode eighth blocks.
 
 use std::fmt::Write as _;
 
 use super::Run;
+use super::ratios;
 use super::row::{Cell, Figures};
 
 /// The width of the longest bar in the distribution charts, in characters.
@@ -47,6 +48,11 @@ pub fn render(run: &Run, cells: &[Cell]) -> String {
         let _ = writeln!(out, "{}", line(cell));
     }
     out.push('\n');
+    let ratios = ratios::render(&ratios::ratios(cells));
+    if !ratios.is_empty() {
+        out.push_str(&ratios);
+        out.push('\n');
+    }
     out.push_str(LEGEND);
     out.push('\n');
     let _ = writeln!(out, "Connections per worker (bars scaled to the busiest worker):");
@@ -185,7 +191,7 @@ mod tests {
     }
 
     #[test]
-    fn renders_backends_syscalls_and_notes() {
+    fn renders_backends_syscalls_notes_and_ratios() {
         let cells = [cell(4, Backend::IoUring, 30.0), cell(5, Backend::IoUring, 20.0)];
         let report = render(&run(), &cells);
         let lines: Vec<&str> = report.lines().collect();
@@ -196,6 +202,9 @@ mod tests {
         let row: Vec<&str> = lines[5].split_whitespace().collect();
         assert_eq!(row[..3], ["handoff", "io-uring", "saturating"], "{report}");
         assert_eq!(row[row.len() - 3..], ["2.50", "0.25", "0"], "sys/conn, pri sys/c, fail: {report}");
+        assert!(
+            report.contains("\n  handoff ÷ reuseport, µs/req, saturating, io-uring: 1.50 (target ≤ 1.2: not met)\n")
+        );
         assert!(report.contains("\nhandoff · io-uring, saturating (64 in flight)  Jain "), "{report}");
         assert!(report.contains("pri sys/c  the same for the primary alone"), "the legend explains the columns");
     }
