@@ -4,7 +4,7 @@
 //! load, once. On a small shared machine one run is noisy — a neighbour's compile, a timer tick
 //! landing on the wrong core — so a difference of 10 % between two rows can be luck. This bench
 //! runs `herd bench --json` R times (3 by default), groups the result lines by
-//! `(mode, accept, load)` and prints, per group, the median of each figure and the spread of
+//! `(mode, accept, backend, load)` and prints, per group, the median of each figure and the spread of
 //! requests/s, `(max - min) / median`: a difference between rows smaller than their spread is
 //! not a finding. Medians rather than means, because one disturbed run should not move the
 //! figure.
@@ -12,22 +12,25 @@
 //! The columns: requests/s (median, min–max, spread), p50 and p99 latency in µs, kernel wakeups
 //! (`kwake/acc`: the workers' voluntary context switches) and user-space wakeups (`uwake/acc`:
 //! `epoll_wait` returns) per accepted connection — the herd shows in the first, not the second —
-//! Jain's fairness index over the workers, server CPU µs per request, and the failed requests
-//! summed over all runs. Every figure but `fail` is the median over the runs.
+//! Jain's fairness index over the workers, server CPU µs per request, the server's hot-path
+//! system calls per connection (`sys/conn`), and the failed requests summed over all runs.
+//! Every figure but `fail` is the median over the runs.
 //!
 //! ```text
 //! cargo bench --bench matrix                          # 3 full runs
 //! cargo bench --bench matrix -- --quick --repeat 5    # 5 quick runs
 //! cargo bench --bench matrix -- --workers 8 --rows handoff,reuseport --loads light
+//! cargo bench --bench matrix -- --backends io-uring --rows reuseport
 //! cargo bench --bench matrix -- --self-test           # check the statistics and the table
 //! ```
 //!
-//! `--quick` (or `HERD_BENCH_QUICK=1`), `--workers N`, `--rows LIST`, `--loads LIST`,
-//! `--requests N`, `--light-requests N`, `--saturating-connections N` and `--no-defer-accept` are
-//! passed to `herd bench`. `--timeout SECS` bounds each run (default 600, or 300 with
-//! `--quick`; a run took 14 s, or 5 s quick, on the project's 2-core machine with 4 workers):
-//! past it the run's whole process tree is stopped (SIGTERM, then SIGKILL) and the run counts as
-//! failed. Other arguments (cargo passes `--bench`) are ignored.
+//! `--quick` (or `HERD_BENCH_QUICK=1`), `--workers N`, `--rows LIST`, `--backends LIST`,
+//! `--loads LIST`, `--requests N`, `--light-requests N`, `--saturating-connections N` and
+//! `--no-defer-accept` are passed to `herd bench`. `--timeout SECS` bounds each run (default
+//! 600, or 300 with `--quick`; a run of the 12 epoll cells took 14 s, or 5 s quick, on the
+//! project's 2-core machine with 4 workers, and io-uring adds 8 cells): past it the run's whole
+//! process tree is stopped (SIGTERM, then SIGKILL) and the run counts as failed. Other arguments
+//! (cargo passes `--bench`) are ignored.
 //!
 //! With `harness = false`, `#[test]` functions are never compiled, so the checks are ordinary
 //! functions in [`self_test`], run by `--self-test` and whenever the bench runs without
@@ -81,9 +84,10 @@ fn spread(values: &[f64]) -> Option<f64> {
 }
 
 /// The keys every result line must have.
-const KEYS: [&str; 11] = [
+const KEYS: [&str; 13] = [
     "mode",
     "accept",
+    "backend",
     "load",
     "rps",
     "p50_us",
@@ -92,14 +96,19 @@ const KEYS: [&str; 11] = [
     "epoll_returns_per_accept",
     "jain",
     "cpu_us_per_request",
+    "syscalls_per_conn",
     "failures",
 ];
 
-/// The result lines of all runs, grouped by `(mode, accept, load)` in order of first appearance.
+/// A group: mode, accept strategy, backend and load, as the table shows them.
+type Key = (String, String, String, String);
+
+/// The result lines of all runs, grouped by `(mode, accept, backend, load)` in order of first
+/// appearance.
 #[derive(Debug, Default)]
 struct Groups {
-    keys: Vec<(String, String, String)>,
-    runs: HashMap<(String, String, String), Vec<Object>>,
+    keys: Vec<Key>,
+    runs: HashMap<Key, Vec<Object>>,
 }
 
 impl Groups {
@@ -111,7 +120,8 @@ impl Groups {
         let (Some(mode), Some(load)) = (label("mode"), label("load")) else {
             return Err("a line without \"mode\" or \"load\"".to_owned());
         };
-        let key = (mode, label("accept").unwrap_or_else(|| "-".to_owned()), load);
+        let or_dash = |k| label(k).unwrap_or_else(|| "-".to_owned());
+        let key = (mode, or_dash("accept"), or_dash("backend"), load);
         if !self.runs.contains_key(&key) {
             self.keys.push(key.clone());
         }
@@ -136,6 +146,7 @@ impl Groups {
                 key.0.clone(),
                 key.1.clone(),
                 key.2.clone(),
+                key.3.clone(),
                 runs.len().to_string(),
                 med("rps", 0),
                 min_max(&rps).map_or("-".to_owned(), |(lo, hi)| format!("{lo:.0}-{hi:.0}")),
@@ -146,6 +157,7 @@ impl Groups {
                 med("epoll_returns_per_accept", 2),
                 med("jain", 3),
                 med("cpu_us_per_request", 1),
+                med("syscalls_per_conn", 2),
                 if failures.is_empty() { "-".to_owned() } else { failures.iter().sum::<f64>().to_string() },
             ]);
         }
@@ -154,11 +166,12 @@ impl Groups {
 }
 
 /// The table's columns and their widths (negative: left-aligned). `kwake` are kernel wakeups
-/// (voluntary context switches), `uwake` user-space ones (`epoll_wait` returns), as in herd
-/// bench's own table.
-const COLUMNS: [(&str, isize); 14] = [
+/// (voluntary context switches), `uwake` user-space ones (`epoll_wait` returns), `sys/conn`
+/// the server's hot-path system calls per connection, as in herd bench's own table.
+const COLUMNS: [(&str, isize); 16] = [
     ("mode", -9),
     ("accept", -15),
+    ("backend", -8),
     ("load", -10),
     ("runs", 4),
     ("req/s", 7),
@@ -170,10 +183,11 @@ const COLUMNS: [(&str, isize); 14] = [
     ("uwake/acc", 9),
     ("Jain", 6),
     ("us/req", 6),
+    ("sys/conn", 8),
     ("fail", 5),
 ];
 
-fn row(cells: [String; 14]) -> String {
+fn row(cells: [String; 16]) -> String {
     let mut line = String::new();
     for ((_, width), text) in COLUMNS.iter().zip(cells) {
         let w = width.unsigned_abs();
@@ -194,7 +208,7 @@ fn cell(x: Option<f64>, decimals: usize) -> String {
 /// What went wrong in one cell, as herd bench reports it: its `error`, or counts that disagree
 /// (`"consistent": false`).
 fn problem(object: &Object) -> Option<String> {
-    let cell = ["mode", "accept", "load"].map(|k| object.get(k).map_or("-".to_owned(), label)).join(" ");
+    let cell = ["mode", "accept", "backend", "load"].map(|k| object.get(k).map_or("-".to_owned(), label)).join(" ");
     match (object.get("error"), object.get("consistent")) {
         (Some(Value::String(e)), _) => Some(format!("{cell}: {e}")),
         (_, Some(Value::Bool(false))) => Some(format!("{cell}: inconsistent counts (server accepts != requests)")),
@@ -359,6 +373,7 @@ fn options() -> Result<Options, String> {
             "--workers"
             | "-w"
             | "--rows"
+            | "--backends"
             | "--loads"
             | "--requests"
             | "-n"
@@ -434,7 +449,9 @@ fn main() -> ExitCode {
     println!();
     print!("{}", groups.table());
     println!();
-    println!("median of the runs per (mode, accept, load); spread = (max - min) / median of rps; failures summed");
+    println!(
+        "median of the runs per (mode, accept, backend, load); spread = (max - min) / median of rps; failures summed"
+    );
     for p in &problems {
         println!("  {p}");
     }
@@ -473,44 +490,49 @@ mod self_test {
     }
 
     fn groups_runs_and_prints_a_table() -> String {
-        let line = |mode: &str, accept: &str, load: &str, rps: f64, jain: &str| {
+        let line = |mode: &str, accept: &str, backend: &str, load: &str, rps: f64, jain: &str| {
             format!(
-                r#"{{"mode":"{mode}","accept":{accept},"load":"{load}","rps":{rps},"p50_us":50,"p99_us":{p99},"wakeups_per_accept":8.6,"epoll_returns_per_accept":1.08,"jain":{jain},"cpu_us_per_request":12.5,"failures":1,"per_worker":[1,2]}}"#,
-                p99 = rps / 10.0
+                r#"{{"mode":"{mode}","accept":{accept},"backend":"{backend}","load":"{load}","rps":{rps},"p50_us":50,"p99_us":{p99},"wakeups_per_accept":8.6,"epoll_returns_per_accept":1.08,"jain":{jain},"cpu_us_per_request":12.5,"syscalls_per_conn":{sys},"failures":1,"per_worker":[1,2]}}"#,
+                p99 = rps / 10.0,
+                sys = rps / 400.0
             )
         };
         let mut groups = Groups::default();
         for (i, rps) in [1000.0, 1200.0, 900.0].into_iter().enumerate() {
-            assert_eq!(groups.add(object(&line("shared", "\"epoll\"", "light", rps, "0.5"))), Ok(vec![]));
+            assert_eq!(groups.add(object(&line("shared", "\"epoll\"", "epoll", "light", rps, "0.5"))), Ok(vec![]));
             let jain = if i == 0 { "null" } else { "1" };
-            groups.add(object(&line("handoff", "null", "light", rps * 2.0, jain))).unwrap();
+            groups.add(object(&line("handoff", "null", "epoll", "light", rps * 2.0, jain))).unwrap();
+            groups.add(object(&line("handoff", "null", "io-uring", "light", rps * 3.0, jain))).unwrap();
         }
         groups.add(object(r#"{"mode":"reuseport","load":"saturating","rps":5}"#)).unwrap();
         assert!(groups.add(object(r#"{"rps":5}"#)).is_err());
         let cell = |json: &str| problem(&object(json));
         assert_eq!(cell(r#"{"mode":"handoff","accept":null,"load":"light","error":null,"consistent":true}"#), None);
         assert_eq!(
-            cell(r#"{"mode":"handoff","accept":null,"load":"light","error":"server died","consistent":true}"#).unwrap(),
-            "handoff - light: server died"
+            cell(r#"{"mode":"handoff","accept":null,"backend":"io-uring","load":"light","error":"server died","consistent":true}"#)
+                .unwrap(),
+            "handoff - io-uring light: server died"
         );
         assert!(cell(r#"{"mode":"reuseport","load":"light","consistent":false}"#).unwrap().contains("inconsistent"));
-        assert_eq!(groups.keys.len(), 3);
+        assert_eq!(groups.keys.len(), 4, "a row's backends are groups of their own");
         let table = groups.table();
         let rows: Vec<&str> = table.lines().collect();
-        assert_eq!(rows.len(), 4, "{table}");
+        assert_eq!(rows.len(), 5, "{table}");
         let cells = |row: &str| row.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
         assert_eq!(
             cells(rows[1]),
             [
-                "shared", "epoll", "light", "3", "1000", "900-1200", "30.0%", "50", "100", "8.60", "1.08", "0.500",
-                "12.5", "3"
+                "shared", "epoll", "epoll", "light", "3", "1000", "900-1200", "30.0%", "50", "100", "8.60", "1.08",
+                "0.500", "12.5", "2.50", "3"
             ]
         );
-        assert_eq!(cells(rows[2])[..7], ["handoff", "-", "light", "3", "2000", "1800-2400", "30.0%"]);
-        assert_eq!(cells(rows[2])[11], "1.000", "a null Jain is left out of the median");
+        assert_eq!(cells(rows[2])[..8], ["handoff", "-", "epoll", "light", "3", "2000", "1800-2400", "30.0%"]);
+        assert_eq!(cells(rows[2])[12], "1.000", "a null Jain is left out of the median");
+        assert_eq!(cells(rows[3])[..6], ["handoff", "-", "io-uring", "light", "3", "3000"]);
         assert_eq!(
-            cells(rows[3]),
-            ["reuseport", "-", "saturating", "1", "5", "5-5", "0.0%", "-", "-", "-", "-", "-", "-", "-"]
+            cells(rows[4]),
+            ["reuseport", "-", "-", "saturating", "1", "5", "5-5", "0.0%", "-", "-", "-", "-", "-", "-", "-", "-"],
+            "a line from before backends were measured groups under '-'"
         );
         table
     }
