@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # benches/peers/lib.sh: shared by the peer scripts (node-cluster.sh, nginx.sh, herd.sh,
-# syscalls.sh). Sourced, not run.
+# costs.sh, syscalls.sh). Sourced, not run.
 #
 # What it gives a script:
 #   peers_init                   private temp dir + an EXIT trap that stops what we started

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # benches/peers/run-all.sh: run node-cluster.sh, nginx.sh and herd.sh in sequence (then
-# syscalls.sh), REPEAT times, each script under the machine's measurement lock, print every
+# costs.sh), REPEAT times, each script under the machine's measurement lock, print every
 # line, and with REPEAT > 1 a Markdown table of medians with their ranges plus the verdict on
 # the target "herd reuseport >= 0.9x nginx reuseport req/s (churn) at no more CPU/request".
 #
 # Settings: REPEAT (1), LOCK (/tmp/herd-measure.lock; empty to run without the lock; do not
 # wrap this script itself in flock on the same file, it takes the lock per script),
-# SCRIPTS ("node-cluster.sh nginx.sh herd.sh"), SYSCALLS (1: run syscalls.sh once at the end;
+# SCRIPTS ("node-cluster.sh nginx.sh herd.sh"), COSTS (1: run costs.sh once at the end;
 # 0: don't), OUT (a file to append the raw lines to), plus WORKERS, DURATION, LOADS, HERD
 # (lib.sh).
 set -euo pipefail
@@ -14,7 +14,7 @@ DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPEAT=${REPEAT:-1}
 LOCK=${LOCK-/tmp/herd-measure.lock}
 SCRIPTS=${SCRIPTS:-node-cluster.sh nginx.sh herd.sh}
-SYSCALLS=${SYSCALLS:-1}
+COSTS=${COSTS:-1}
 OUT=${OUT:-}
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/herd-peers-all.XXXXXX")
@@ -87,8 +87,8 @@ if ((REPEAT > 1)); then
     }' "$raw"
 fi
 
-if [[ $SYSCALLS == 1 ]]; then
+if [[ $COSTS == 1 ]]; then
     echo
-    echo "### syscalls.sh"
-    locked "$DIR/syscalls.sh"
+    echo "### costs.sh"
+    locked "$DIR/costs.sh"
 fi

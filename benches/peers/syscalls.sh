@@ -1,186 +1,127 @@
 #!/usr/bin/env bash
-# benches/peers/syscalls.sh: where a server's time goes per request. For each target, three
-# bounded `herd load` runs against one server instance:
-#   1. untraced, DURATION s: the server's user and kernel CPU per request (utime and stime from
-#      /proc/PID/stat of the primary and workers, separately);
-#   2. if perf is installed (PERF=1, the default then): `perf record` on the workers for 2 s in
-#      the middle of a run, printing the user/kernel split of the samples and the top user-space
-#      symbols;
-#   3. `strace -c -f` attached to the primary and workers for REQUESTS requests: system calls
-#      (and failed ones) per request. strace slows the server a lot: counts, not speed.
-# Default: herd serve --mode reuseport against nginx `listen ... reuseport`, WORKERS workers
-# each, churn at 64 connections. Skips (status 0) if strace is not installed; a peer that is not
-# installed is skipped.
+# benches/peers/syscalls.sh [MODE] [BACKEND]: checks herd's own system-call counters against
+# `strace -c -f` for one run. MODE is handoff or reuseport (default handoff), BACKEND epoll or
+# io-uring (default epoll).
 #
-# Settings: TARGETS (default "herd-reuseport nginx-reuseport"; also herd-handoff,
-# herd-shared-rotate, herd-reuseport+defer, nginx-accept_mutex-off, nginx-reuseport+deferred,
-# node-rr, node-none), MODE (churn), CONNS (64), REQUESTS (20000), PERF (1 if perf is
-# installed), WORKERS (4), DURATION (3), HERD; see lib.sh.
+# herd counts the hot-path calls each of its processes makes (`syscalls` in `--stats json`;
+# src/sys/tally.rs): accept4, epoll_wait, epoll_ctl, io_uring_enter, sendmsg, recvmsg, an
+# eventfd's read and write, and on epoll the primary's close of each descriptor it handed on.
+# strace counts calls by name, whoever makes them, so only the names herd alone makes are
+# compared: accept4, epoll_wait/epoll_pwait/epoll_pwait2, epoll_ctl, io_uring_enter, sendmsg and
+# recvmsg. Left out on herd's side: the primary's closes (strace would count them among every
+# close of every connection; on epoll there is one per handed-off connection, which is its
+# `dispatched` counter) and the eventfd's read and write (shared/blocking only, not run here).
+#
+# The server starts under strace, so both counts cover its whole life. It serves REQUESTS
+# churn requests (default 20000) from CONNS connections in flight (16), then gets SIGTERM; the
+# script prints both totals and their ratio and fails (status 1) if they differ by more than
+# 2 %. Skips (status 0) if strace is not installed.
+#
+# Settings: REQUESTS, CONNS, WORKERS (4), HERD; see lib.sh.
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-command -v strace >/dev/null || skip strace "Install it with 'apt-get install -y strace'."
-TARGETS=${TARGETS:-herd-reuseport nginx-reuseport}
-MODE=${MODE:-churn}
-CONNS=${CONNS:-64}
+MODE=${1:-handoff}
+BACKEND=${2:-epoll}
 REQUESTS=${REQUESTS:-20000}
-NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
-NODE=${NODE:-$(command -v node || command -v nodejs || echo node)}
-if command -v perf >/dev/null && perf --version >/dev/null 2>&1; then PERF=${PERF:-1}; else PERF=0; fi
+CONNS=${CONNS:-16}
+TRACED=accept4,epoll_wait,epoll_pwait,epoll_pwait2,epoll_ctl,io_uring_enter,sendmsg,recvmsg
+case $MODE in handoff | reuseport) ;; *) echo "usage: $0 [handoff|reuseport] [epoll|io-uring]" >&2 && exit 2 ;; esac
+case $BACKEND in epoll | io-uring) ;; *) echo "usage: $0 [handoff|reuseport] [epoll|io-uring]" >&2 && exit 2 ;; esac
+if ! command -v strace >/dev/null; then
+    echo "SKIPPED: strace not installed ('apt-get install -y strace')"
+    exit 0
+fi
 
-STRACE_PID=""
-LOAD_PID=""
 peers_init
-trap 'stop_strace; stop_load; peers_cleanup' EXIT
+log=$PEERS_TMP/serve.log
+counters=$PEERS_TMP/counters.json
+summary=$PEERS_TMP/strace.txt
+# strace is the process started (SERVER_PID): it leaves once herd's last process has, after
+# writing its summary. herd's own pids come from its log and are tracked, so that cleanup can
+# kill them (by pid and start time) if strace is stopped first.
+strace -f -c -o "$summary" -e trace="$TRACED" \
+    "$HERD" serve --mode "$MODE" --backend "$BACKEND" --workers "$WORKERS" --listen 127.0.0.1:0 \
+    --defer-accept --stats json >"$counters" 2>"$log" &
+SERVER_PID=$!
+TRACKED=()
+track "$SERVER_PID"
 
-stop_load() {
-    if [[ -n $LOAD_PID ]]; then
-        kill -TERM "$LOAD_PID" 2>/dev/null || true
-        wait "$LOAD_PID" 2>/dev/null || true
+# Up to 15 s for every worker to listen. herd's primary is strace's child, tracked as soon as it
+# shows. The log is read only once the workers listen: a line still being written (stderr is
+# unbuffered, and strace slows the writes) is complete by then.
+primary=""
+ready() { (($(grep -c 'herd: listening ' "$log") >= WORKERS)); }
+for _ in $(seq 150); do
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+        echo "herd serve exited during start-up; its log:" >&2
+        cat "$log" >&2
+        exit 1
     fi
-}
-
-stop_strace() {
-    if [[ -n $STRACE_PID ]]; then
-        kill -INT "$STRACE_PID" 2>/dev/null || true
-        wait "$STRACE_PID" 2>/dev/null || true
-        STRACE_PID=""
+    if [[ -z $primary ]]; then
+        primary=$(pgrep -P "$SERVER_PID" | head -1 || true)
+        [[ -n $primary ]] && track "$primary"
     fi
-}
-
-nginx_conf() { # FILE PORT LISTEN_FLAGS
-    cat >"$1" <<CONF
-worker_processes $WORKERS;
-daemon off;
-pid $PEERS_TMP/nginx.pid;
-error_log $PEERS_TMP/error.log warn;
-events { worker_connections 4096; accept_mutex off; }
-http {
-    access_log off;
-    client_body_temp_path $PEERS_TMP/client_body;
-    keepalive_requests 100000000;
-    server {
-        listen 127.0.0.1:$2$3;
-        location / { default_type text/plain; return 200 "worker \$pid\n"; }
-    }
-}
-CONF
-}
-
-cpu_split() { # "utime stime" summed over the given pids, in clock ticks
-    local u=0 s=0 p line rest
-    for p in "$@"; do
-        line=$(cat "/proc/$p/stat" 2>/dev/null) || continue
-        rest=${line##*) }
-        read -r -a f <<<"$rest"
-        u=$((u + f[11]))
-        s=$((s + f[12]))
-    done
-    echo "$u $s"
-}
-
-echo "# per-request costs: $MODE, $CONNS connections, $WORKERS workers, ${DURATION}s untraced, $REQUESTS requests under strace, $(date -u +%FT%TZ)"
-for target in $TARGETS; do
-    port=$(free_port)
-    log=$PEERS_TMP/$target.log
-    pattern=""
-    case $target in
-    herd-*)
-        variant=${target#herd-}
-        args=()
-        case ${variant%+defer} in
-        reuseport) args=(--mode reuseport) ;;
-        handoff) args=(--mode handoff) ;;
-        shared-rotate) args=(--mode shared --accept epoll-rotate) ;;
-        *) echo "unknown target $target" >&2 && exit 2 ;;
-        esac
-        [[ $variant == *+defer ]] && args+=(--defer-accept)
-        start_server "$log" "$HERD" serve "${args[@]}" --workers "$WORKERS" \
-            --listen "127.0.0.1:$port" --shutdown-timeout 2 --quiet
-        ;;
-    nginx-*)
-        if [[ ! -x $NGINX ]]; then
-            echo "SKIP $target: nginx not installed ('apt-get install -y nginx')" >&2
-            continue
-        fi
-        case $target in
-        nginx-reuseport) flags=" reuseport" ;;
-        nginx-reuseport+deferred) flags=" reuseport deferred" ;;
-        nginx-accept_mutex-off) flags="" ;;
-        *) echo "unknown target $target" >&2 && exit 2 ;;
-        esac
-        nginx_conf "$PEERS_TMP/$target.conf" "$port" "$flags"
-        start_server "$log" "$NGINX" -p "$PEERS_TMP" -e "$PEERS_TMP/error.log" -c "$PEERS_TMP/$target.conf"
-        ;;
-    node-rr | node-none)
-        if ! command -v "$NODE" >/dev/null; then
-            echo "SKIP $target: node not installed ('apt-get install -y nodejs')" >&2
-            continue
-        fi
-        start_server "$log" env NODE_CLUSTER_SCHED_POLICY="${target#node-}" WORKERS="$WORKERS" \
-            PORT="$port" "$NODE" "$PEERS_DIR/node-cluster.js"
-        pattern='^ready'
-        ;;
-    *) echo "unknown target $target" >&2 && exit 2 ;;
-    esac
-    url=http://127.0.0.1:$port/
-    wait_ready "$url" "$log" "$pattern"
-    mapfile -t kids < <(children)
-    echo
-    echo "## $target"
-
-    # 1. user and kernel CPU per request, untraced
-    read -r u0 s0 < <(cpu_split "$SERVER_PID" "${kids[@]}")
-    json=$("$HERD" load --json --mode "$MODE" -c "$CONNS" -d "$DURATION" "$url") || true
-    read -r u1 s1 < <(cpu_split "$SERVER_PID" "${kids[@]}")
-    reqs=$(json_field "$json" requests)
-    awk -v r="$reqs" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v t="$CLK_TCK" -v rps="$(json_field "$json" rps)" 'BEGIN {
-        if (r + 0 == 0) r = 1
-        printf "untraced: %.0f req/s; server CPU per request: user %.1f µs + kernel %.1f µs = %.1f µs\n",
-            rps, u * 1e6 / t / r, s * 1e6 / t / r, (u + s) * 1e6 / t / r
-    }'
-
-    # 2. perf: samples by user/kernel and the top user-space symbols
-    if [[ $PERF == 1 ]]; then
-        "$HERD" load --json --mode "$MODE" -c "$CONNS" -d 4 "$url" >/dev/null &
-        LOAD_PID=$!
-        sleep 1
-        perf record -q -F 999 -g -o "$PEERS_TMP/$target.perf" -p "$(IFS=,; echo "${kids[*]}")" -- sleep 2 \
-            >"$PEERS_TMP/$target.perf-log" 2>&1 || true
-        wait "$LOAD_PID" || true
-        LOAD_PID=""
-        if [[ -s $PEERS_TMP/$target.perf ]]; then
-            echo "perf samples of the workers by object (top 4), then the top user-space symbols:"
-            perf report -i "$PEERS_TMP/$target.perf" --no-children --sort dso --stdio -g none 2>/dev/null |
-                grep '%' | head -4 | sed 's/^ */  /'
-            perf report -i "$PEERS_TMP/$target.perf" --no-children --sort dso,sym --stdio -g none 2>/dev/null |
-                grep '\[\.\]' | head -"${TOP:-8}" | sed 's/^ */  /'
-        else
-            echo "perf record gave no samples: $(head -c 300 "$PEERS_TMP/$target.perf-log")"
-        fi
-    fi
-
-    # 3. strace: system calls per request
-    pids=(-p "$SERVER_PID")
-    for k in "${kids[@]}"; do pids+=(-p "$k"); done
-    out=$PEERS_TMP/$target.strace
-    strace -c -f -S calls -o "$out" "${pids[@]}" 2>"$PEERS_TMP/$target.strace-log" &
-    STRACE_PID=$!
-    sleep 1 # let strace attach to every thread
-    json=$("$HERD" load --json --mode "$MODE" -c "$CONNS" -n "$REQUESTS" -d 60 "http://127.0.0.1:$port/") || true
-    sleep 0.2
-    stop_strace
-    stop_server
-    reqs=$(json_field "$json" requests)
-    echo "strace: $reqs requests ($(json_errors "$json") errors) at $(json_field "$json" rps) req/s under strace"
-    printf '%-20s %12s %12s\n' syscall calls/request errors/request
-    awk -v r="$reqs" '
-        /^-+/ { n++; next }
-        n == 1 && NF >= 5 {
-            name = $NF; calls = $4; errs = (NF == 6) ? $5 : 0
-            printf "%-20s %12.3f %12.3f\n", name, calls / r, errs / r
-        }
-        n == 2 && $NF == "total" { printf "%-20s %12.3f %12.3f\n", "TOTAL", $4 / r, ((NF == 6) ? $5 : 0) / r }
-    ' "$out"
+    ready && break
+    sleep 0.1
 done
+if ! ready; then
+    echo "herd serve did not become ready in 15 s; its log:" >&2
+    cat "$log" >&2
+    exit 1
+fi
+port=$(sed -nE 's/.*herd: serving on [0-9.]+:([0-9]+) .*/\1/p' "$log" | head -1)
+# shellcheck disable=SC2046 # one pid per word
+track $(sed -nE 's/.*herd: fork worker=[0-9]+ pid=([0-9]+)$/\1/p' "$log")
+if grep -q 'herd: warning' "$log"; then
+    grep 'herd: warning' "$log" >&2
+    if grep -q 'io-uring is unavailable' "$log"; then
+        echo "SKIPPED: herd serve fell back to epoll; nothing to check on io-uring"
+        exit 0
+    fi
+fi
+
+json=$("$HERD" load --json --mode churn -c "$CONNS" -n "$REQUESTS" -d 120 "http://127.0.0.1:$port/") || true
+kill -TERM "$primary"
+# Up to 20 s for herd to shut down and strace to write its summary.
+for _ in $(seq 200); do
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.1
+done
+if kill -0 "$SERVER_PID" 2>/dev/null; then
+    echo "herd serve (under strace) did not stop within 20 s of SIGTERM" >&2
+    exit 1
+fi
+wait "$SERVER_PID" || true
+SERVER_PID=""
+
+line=$(grep '^{"primary"' "$counters" | tail -1) || {
+    echo "herd serve printed no counters; its log:" >&2
+    cat "$log" >&2
+    exit 1
+}
+# Every "syscalls" in the line: the primary's first, then one per worker.
+herd_all=$(grep -o '"syscalls":[0-9]*' <<<"$line" | awk -F: '{ s += $2 } END { print s + 0 }')
+dispatched=$(json_field "$line" dispatched)
+closes=0
+[[ $BACKEND == epoll ]] && closes=$dispatched
+herd_total=$((herd_all - closes))
+strace_total=$(awk '
+    /^-+/ { n++; next }
+    n == 1 && NF >= 5 && $NF != "total" { s += $4 }
+    END { print s + 0 }
+' "$summary")
+
+echo "# herd serve --mode $MODE --backend $BACKEND, $WORKERS workers, --defer-accept; herd load churn -c $CONNS -n $REQUESTS, $(date -u +%FT%TZ)"
+echo "requests: $(json_field "$json" requests) answered, $(json_errors "$json") errors"
+echo "strace -c -f, by call ($TRACED):"
+awk '/^-+/ { n++; next } n == 1 && NF >= 5 && $NF != "total" { printf "  %-16s %9d\n", $NF, $4 }' "$summary"
+echo "herd: $herd_all counted, less $closes closes of handed-off descriptors = $herd_total"
+awk -v h="$herd_total" -v s="$strace_total" 'BEGIN {
+    if (s == 0) { print "strace counted no calls"; exit 1 }
+    r = h / s
+    d = (r > 1) ? r - 1 : 1 - r
+    printf "herd %d vs strace %d: ratio %.4f (%s: within 2 %% needed)\n", h, s, r, (d <= 0.02) ? "agree" : "DISAGREE"
+    exit (d <= 0.02) ? 0 : 1
+}'
