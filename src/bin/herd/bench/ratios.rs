@@ -11,7 +11,9 @@
 //!   figures are shown for comparison, with no target.
 //!
 //! CPU per request rather than requests per second, because on a small machine the client
-//! saturates first (see [`super::row`]). A ratio whose cells are missing or failed is left out.
+//! saturates first (see [`super::row`]). A ratio whose cells are missing or failed is left out;
+//! one whose cells measured no CPU at all (less than a clock tick, 10 ms: a short light run) is
+//! shown as not measured rather than as 0 or infinity.
 
 use herd::Backend;
 
@@ -23,24 +25,27 @@ use super::row::{Cell, Figures};
 pub struct Ratio {
     /// What was divided by what, under which load and backend.
     pub label: String,
-    pub value: f64,
+    /// The figure, or `None` if its cells ran but measured no CPU.
+    pub value: Option<f64>,
     /// The figure must be at most this.
     pub target: Option<f64>,
 }
 
 impl Ratio {
-    /// Whether the figure meets its target (`None` without one).
+    /// Whether the figure meets its target (`None` without a target or a figure).
     pub fn met(&self) -> Option<bool> {
-        self.target.map(|t| self.value <= t)
+        Some(self.value? <= self.target?)
     }
 
     /// `handoff ÷ reuseport, µs/req, saturating, io-uring: 1.12 (target ≤ 1.2: met)`.
     pub fn line(&self) -> String {
+        let value = self.value.map_or("-".to_owned(), |v| format!("{v:.2}"));
         let verdict = match (self.target, self.met()) {
             (Some(t), Some(met)) => format!(" (target ≤ {t}: {})", if met { "met" } else { "not met" }),
-            _ => String::new(),
+            (Some(t), None) => format!(" (target ≤ {t}: not measured, CPU under a clock tick; run more requests)"),
+            (None, _) => String::new(),
         };
-        format!("{}: {:.2}{verdict}", self.label, self.value)
+        format!("{}: {value}{verdict}", self.label)
     }
 }
 
@@ -73,7 +78,7 @@ pub fn ratios(cells: &[Cell]) -> Vec<Ratio> {
             };
             let target = (backend == Backend::IoUring && kind == LoadKind::Saturating).then_some(0.25);
             let label = format!("handoff primary syscalls/conn, {}, {backend}", kind.as_str());
-            out.push(Ratio { label, value, target });
+            out.push(Ratio { label, value: Some(value), target });
         }
     }
     out
@@ -93,11 +98,12 @@ pub fn render(ratios: &[Ratio]) -> String {
     out
 }
 
-/// µs/req of the first (mode, backend) cell over the second's, under `kind`.
-fn quotient(cells: &[Cell], a: (&str, Backend), b: (&str, Backend), kind: LoadKind) -> Option<f64> {
-    let top = figures(cells, a.0, a.1, kind)?.cpu_us_per_request()?;
-    let bottom = figures(cells, b.0, b.1, kind)?.cpu_us_per_request()?;
-    (bottom > 0.0).then(|| top / bottom)
+/// µs/req of the first (mode, backend) cell over the second's, under `kind`: `None` if either
+/// cell is missing or failed, `Some(None)` if either measured no CPU.
+fn quotient(cells: &[Cell], a: (&str, Backend), b: (&str, Backend), kind: LoadKind) -> Option<Option<f64>> {
+    let top = figures(cells, a.0, a.1, kind)?.cpu_us_per_request();
+    let bottom = figures(cells, b.0, b.1, kind)?.cpu_us_per_request();
+    Some(top.zip(bottom).filter(|&(t, b)| t > 0.0 && b > 0.0).map(|(t, b)| t / b))
 }
 
 /// The figures of the cell of `mode` (handoff or reuseport: rows with no accept strategy) on
@@ -165,8 +171,23 @@ mod tests {
         let r = ratios(&cells);
         assert_eq!(r[0].line(), "handoff ÷ reuseport, µs/req, light, io-uring: 1.95 (target ≤ 2: met)");
         assert_eq!(r[1].line(), "io-uring ÷ epoll, reuseport µs/req, light: 1.25 (target ≤ 1: not met)");
-        assert_eq!((r[2].value, r[2].target, r[2].met()), (0.3, None, None), "no target under the light load");
+        assert_eq!((r[2].value, r[2].target, r[2].met()), (Some(0.3), None, None), "no target under the light load");
         assert_eq!(r.len(), 3);
+    }
+
+    #[test]
+    fn cpu_under_a_clock_tick_is_not_measured() {
+        let cells = [
+            cell(HANDOFF, Backend::Epoll, LoadKind::Light, 15.0, 5000),
+            cell(REUSEPORT, Backend::Epoll, LoadKind::Light, 0.0, 0),
+        ];
+        let r = ratios(&cells);
+        assert_eq!((r[0].value, r[0].met()), (None, None));
+        assert_eq!(
+            r[0].line(),
+            "handoff ÷ reuseport, µs/req, light, epoll: - (target ≤ 2: not measured, CPU under a clock tick; run more requests)"
+        );
+        assert_eq!(r[1].line(), "handoff primary syscalls/conn, light, epoll: 5.00");
     }
 
     #[test]
@@ -184,7 +205,7 @@ mod tests {
 
     #[test]
     fn renders_a_block() {
-        let r = Ratio { label: "x ÷ y".into(), value: 0.5, target: Some(1.0) };
+        let r = Ratio { label: "x ÷ y".into(), value: Some(0.5), target: Some(1.0) };
         assert_eq!(render(&[r]).lines().nth(1), Some("  x ÷ y: 0.50 (target ≤ 1: met)"));
     }
 }
