@@ -70,7 +70,7 @@ Usage: herd bench [OPTIONS]
 
 Options:
   -w, --workers N                worker processes per server [default: 4]
-      --quick                    a tenth of the requests (about 10 s for the matrix instead of 60 s)
+      --quick                    a tenth of the requests (about 15 s for the matrix instead of 100 s)
       --rows LIST                comma-separated subset of rows, e.g. shared/epoll,handoff
       --backends LIST            epoll, io-uring or both [default: epoll,io-uring]
       --loads LIST               light, saturating or both [default: light,saturating]
