@@ -162,3 +162,10 @@ fn bad_arguments_exit_2_with_one_line() {
         assert!(stderr.contains(says), "{stderr}");
     }
 }
+
+#[test]
+fn a_row_with_no_io_uring_form_does_not_run_on_io_uring_alone() {
+    let (code, stdout) = bench(&["--rows", "shared/blocking", "--backends", "io-uring", "--quiet"]);
+    assert!(stdout.contains("shared/blocking has no io_uring form: epoll only; not run"), "{stdout}");
+    assert_eq!(code, 1, "nothing was measured:\n{stdout}");
+}

@@ -125,7 +125,8 @@ epoll reuseport µs/req per load (≤ 1), and handoff's primary system calls per
 backend and load (≤ 0.25 on io-uring, saturating).
 
 Exit status: 0 if every cell ran with no failed request and consistent counts (server
-connections == requests answered, per worker), 1 otherwise, 2 on bad usage.
+connections == requests answered, per worker), 1 otherwise (or if no cell could run), 2 on bad
+usage.
 ";
 
 /// Requests per row by default; `--quick` divides them by [`QUICK_DIVISOR`].
@@ -284,6 +285,11 @@ pub fn main(parser: lexopt::Parser) -> ExitCode {
             eprintln!("herd bench: writing {}: {e}", path.display());
             return ExitCode::FAILURE;
         }
+    }
+    if cells.is_empty() {
+        // Every row asked for lacks a form on every backend left (the lines above say why).
+        eprintln!("herd bench: nothing was measured: no row asked for runs on the backends left");
+        return ExitCode::FAILURE;
     }
     if cells.iter().any(Cell::failed) { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
