@@ -122,7 +122,8 @@ columns.
 Under the table, ratios from the run's cells, each with its target (met or not met):
 handoff ÷ reuseport µs/req per backend and load (≤ 1.2 saturating, ≤ 2 light), io-uring ÷
 epoll reuseport µs/req per load (≤ 1), and handoff's primary system calls per connection per
-backend and load (≤ 0.25 on io-uring, saturating).
+backend and load (≤ 0.25 on io-uring, saturating). CPU time comes in 10 ms clock ticks: a
+ratio resting on less than 0.2 s of CPU in a cell (light loads with --quick) says it is rough.
 
 Exit status: 0 if every cell ran with no failed request and consistent counts (server
 connections == requests answered, per worker), 1 otherwise (or if no cell could run), 2 on bad

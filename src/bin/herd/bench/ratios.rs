@@ -11,9 +11,10 @@
 //!   figures are shown for comparison, with no target.
 //!
 //! CPU per request rather than requests per second, because on a small machine the client
-//! saturates first (see [`super::row`]). A ratio whose cells are missing or failed is left out;
-//! one whose cells measured no CPU at all (less than a clock tick, 10 ms: a short light run) is
-//! shown as not measured rather than as 0 or infinity.
+//! saturates first (see [`super::row`]). CPU time comes in clock ticks (10 ms), so a ratio of
+//! cells that used little of it is rough: one that rests on less than [`ROUGH_CPU_S`] says so,
+//! and one whose cells measured no CPU at all (a short light run) is shown as not measured
+//! rather than as 0 or infinity. A ratio whose cells are missing or failed is left out.
 
 use herd::Backend;
 
@@ -29,7 +30,12 @@ pub struct Ratio {
     pub value: Option<f64>,
     /// The figure must be at most this.
     pub target: Option<f64>,
+    /// For a ratio of CPU times, the smaller of the two cells' CPU seconds.
+    pub cpu_s: Option<f64>,
 }
+
+/// Below this much CPU in a cell (20 ticks of 10 ms), one tick more or less moves a ratio by 5 %.
+pub const ROUGH_CPU_S: f64 = 0.2;
 
 impl Ratio {
     /// Whether the figure meets its target (`None` without a target or a figure).
@@ -40,8 +46,12 @@ impl Ratio {
     /// `handoff ÷ reuseport, µs/req, saturating, io-uring: 1.12 (target ≤ 1.2: met)`.
     pub fn line(&self) -> String {
         let value = self.value.map_or("-".to_owned(), |v| format!("{v:.2}"));
+        let rough = match self.cpu_s {
+            Some(cpu) if cpu < ROUGH_CPU_S => format!("; rough: {cpu:.2} s of CPU measured"),
+            _ => String::new(),
+        };
         let verdict = match (self.target, self.met()) {
-            (Some(t), Some(met)) => format!(" (target ≤ {t}: {})", if met { "met" } else { "not met" }),
+            (Some(t), Some(met)) => format!(" (target ≤ {t}: {}{rough})", if met { "met" } else { "not met" }),
             (Some(t), None) => format!(" (target ≤ {t}: not measured, CPU under a clock tick; run more requests)"),
             (None, _) => String::new(),
         };
@@ -58,16 +68,18 @@ pub fn ratios(cells: &[Cell]) -> Vec<Ratio> {
     for backend in Backend::ALL {
         for kind in LOADS {
             let target = if kind == LoadKind::Saturating { 1.2 } else { 2.0 };
-            if let Some(value) = quotient(cells, ("handoff", backend), ("reuseport", backend), kind) {
+            if let Some((value, cpu_s)) = quotient(cells, ("handoff", backend), ("reuseport", backend), kind) {
                 let label = format!("handoff ÷ reuseport, µs/req, {}, {backend}", kind.as_str());
-                out.push(Ratio { label, value, target: Some(target) });
+                out.push(Ratio { label, value, target: Some(target), cpu_s: Some(cpu_s) });
             }
         }
     }
     for kind in LOADS {
-        if let Some(value) = quotient(cells, ("reuseport", Backend::IoUring), ("reuseport", Backend::Epoll), kind) {
+        if let Some((value, cpu_s)) =
+            quotient(cells, ("reuseport", Backend::IoUring), ("reuseport", Backend::Epoll), kind)
+        {
             let label = format!("io-uring ÷ epoll, reuseport µs/req, {}", kind.as_str());
-            out.push(Ratio { label, value, target: Some(1.0) });
+            out.push(Ratio { label, value, target: Some(1.0), cpu_s: Some(cpu_s) });
         }
     }
     for backend in Backend::ALL {
@@ -78,7 +90,7 @@ pub fn ratios(cells: &[Cell]) -> Vec<Ratio> {
             };
             let target = (backend == Backend::IoUring && kind == LoadKind::Saturating).then_some(0.25);
             let label = format!("handoff primary syscalls/conn, {}, {backend}", kind.as_str());
-            out.push(Ratio { label, value: Some(value), target });
+            out.push(Ratio { label, value: Some(value), target, cpu_s: None });
         }
     }
     out
@@ -98,12 +110,15 @@ pub fn render(ratios: &[Ratio]) -> String {
     out
 }
 
-/// µs/req of the first (mode, backend) cell over the second's, under `kind`: `None` if either
-/// cell is missing or failed, `Some(None)` if either measured no CPU.
-fn quotient(cells: &[Cell], a: (&str, Backend), b: (&str, Backend), kind: LoadKind) -> Option<Option<f64>> {
-    let top = figures(cells, a.0, a.1, kind)?.cpu_us_per_request();
-    let bottom = figures(cells, b.0, b.1, kind)?.cpu_us_per_request();
-    Some(top.zip(bottom).filter(|&(t, b)| t > 0.0 && b > 0.0).map(|(t, b)| t / b))
+/// µs/req of the first (mode, backend) cell over the second's, under `kind` (`None` if either
+/// measured no CPU), and the smaller of the two cells' CPU seconds; `None` if either cell is
+/// missing or failed.
+fn quotient(cells: &[Cell], a: (&str, Backend), b: (&str, Backend), kind: LoadKind) -> Option<(Option<f64>, f64)> {
+    let (a, b) = (figures(cells, a.0, a.1, kind)?, figures(cells, b.0, b.1, kind)?);
+    let cpu = |f: &Figures| f.cpu_primary_s + f.cpu_workers_s;
+    let value =
+        a.cpu_us_per_request().zip(b.cpu_us_per_request()).filter(|&(t, b)| t > 0.0 && b > 0.0).map(|(t, b)| t / b);
+    Some((value, cpu(a).min(cpu(b))))
 }
 
 /// The figures of the cell of `mode` (handoff or reuseport: rows with no accept strategy) on
@@ -122,18 +137,19 @@ mod tests {
     use super::super::plan::{Load, ROWS};
     use super::*;
 
-    /// A cell of `row` whose server spent `us_per_req` µs of CPU per request over 1000 requests,
-    /// `primary_syscalls` of them in the primary.
+    /// A cell of `row` whose server spent `us_per_req` µs of CPU per request over 100 000
+    /// requests (seconds of CPU: plenty of clock ticks), and made `primary_syscalls` calls in
+    /// the primary.
     fn cell(row: usize, backend: Backend, kind: LoadKind, us_per_req: f64, primary_syscalls: u64) -> Cell {
         let figures = Figures {
-            requests: 1000,
-            per_worker: vec![500, 500],
-            answered_by: vec![500, 500],
-            cpu_workers_s: us_per_req * 1000.0 / 1e6,
+            requests: 100_000,
+            per_worker: vec![50_000, 50_000],
+            answered_by: vec![50_000, 50_000],
+            cpu_workers_s: us_per_req * 100_000.0 / 1e6,
             syscalls_primary: primary_syscalls,
             ..Figures::default()
         };
-        let load = Load { kind, connections: 1, requests: 1000 };
+        let load = Load { kind, connections: 1, requests: 100_000 };
         Cell { row: ROWS[row], backend, load, workers: 2, outcome: Ok(figures) }
     }
 
@@ -143,8 +159,8 @@ mod tests {
     #[test]
     fn compares_handoff_with_reuseport_per_backend_and_load() {
         let cells = [
-            cell(HANDOFF, Backend::Epoll, LoadKind::Saturating, 30.0, 3000),
-            cell(HANDOFF, Backend::IoUring, LoadKind::Saturating, 22.4, 100),
+            cell(HANDOFF, Backend::Epoll, LoadKind::Saturating, 30.0, 300_000),
+            cell(HANDOFF, Backend::IoUring, LoadKind::Saturating, 22.4, 10_000),
             cell(REUSEPORT, Backend::Epoll, LoadKind::Saturating, 20.0, 0),
             cell(REUSEPORT, Backend::IoUring, LoadKind::Saturating, 20.0, 0),
         ];
@@ -164,7 +180,7 @@ mod tests {
     #[test]
     fn light_loads_have_their_own_targets() {
         let cells = [
-            cell(HANDOFF, Backend::IoUring, LoadKind::Light, 39.0, 300),
+            cell(HANDOFF, Backend::IoUring, LoadKind::Light, 39.0, 30_000),
             cell(REUSEPORT, Backend::IoUring, LoadKind::Light, 20.0, 0),
             cell(REUSEPORT, Backend::Epoll, LoadKind::Light, 16.0, 0),
         ];
@@ -178,7 +194,7 @@ mod tests {
     #[test]
     fn cpu_under_a_clock_tick_is_not_measured() {
         let cells = [
-            cell(HANDOFF, Backend::Epoll, LoadKind::Light, 15.0, 5000),
+            cell(HANDOFF, Backend::Epoll, LoadKind::Light, 15.0, 500_000),
             cell(REUSEPORT, Backend::Epoll, LoadKind::Light, 0.0, 0),
         ];
         let r = ratios(&cells);
@@ -205,7 +221,25 @@ mod tests {
 
     #[test]
     fn renders_a_block() {
-        let r = Ratio { label: "x ÷ y".into(), value: Some(0.5), target: Some(1.0) };
+        let r = Ratio { label: "x ÷ y".into(), value: Some(0.5), target: Some(1.0), cpu_s: Some(3.0) };
         assert_eq!(render(&[r]).lines().nth(1), Some("  x ÷ y: 0.50 (target ≤ 1: met)"));
+    }
+
+    #[test]
+    fn a_ratio_on_few_clock_ticks_says_it_is_rough() {
+        let mut cells = [
+            cell(HANDOFF, Backend::Epoll, LoadKind::Light, 20.0, 0),
+            cell(REUSEPORT, Backend::Epoll, LoadKind::Light, 10.0, 0),
+        ];
+        for c in &mut cells {
+            let f = c.outcome.as_mut().unwrap();
+            f.cpu_workers_s /= 100.0;
+        }
+        let r = ratios(&cells);
+        assert_eq!(r[0].cpu_s, Some(0.01));
+        assert_eq!(
+            r[0].line(),
+            "handoff ÷ reuseport, µs/req, light, epoll: 2.00 (target ≤ 2: met; rough: 0.01 s of CPU measured)"
+        );
     }
 }
