@@ -41,12 +41,15 @@ bench:
 	$(CARGO) bench
 
 ## Formatting, lints, and the dependency promise: without default features the library
-## builds on libc and rustix alone.
+## builds on libc and rustix alone, and with the `io-uring` feature on those and io-uring.
+LIB_DEPS = $(CARGO) tree -e normal --depth 1 --prefix none --no-default-features
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --all-features -- -D warnings
-	$(CARGO) build --lib --no-default-features
-	test "$$($(CARGO) tree --no-default-features -e normal --depth 1 --prefix none | sort -u | grep -cv '^herd ')" = 2
+	$(CARGO) clippy --lib --no-default-features -- -D warnings
+	$(CARGO) clippy --lib --no-default-features --features io-uring -- -D warnings
+	test "$$($(LIB_DEPS) | grep -v '^herd ' | cut -d' ' -f1 | sort -u | tr '\n' ' ')" = "libc rustix "
+	test "$$($(LIB_DEPS) --features io-uring | grep -v '^herd ' | cut -d' ' -f1 | sort -u | tr '\n' ' ')" = "io-uring libc rustix "
 
 doc:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps

@@ -1,5 +1,6 @@
 //! Every distribution mode, run as a real `herd serve` cluster of 4 workers in its own process,
-//! loaded with 2 000 connections from the test.
+//! loaded with 2 000 connections from the test — on each accept backend: epoll, and io_uring
+//! where the kernel allows it (skipped loudly where it does not).
 
 mod util;
 
@@ -12,10 +13,31 @@ const CONNECTIONS: usize = 2000;
 /// Fewer connections in flight than the handoff window, so round-robin never skips a worker.
 const CONCURRENCY: usize = 4;
 
-/// Serves `CONNECTIONS` connections in `mode`; checks that all were answered, that the counters
-/// add up, and that nothing is left running. Returns the per-worker shares and counters.
-fn serve_and_count(mode_args: &[&str]) -> (Vec<usize>, std::collections::BTreeMap<usize, util::Row>, [u64; 4]) {
-    let mut args = vec!["--workers", "4", "--listen", "127.0.0.1:0"];
+/// The backends every mode with an io_uring form is tested on.
+fn backends() -> Vec<&'static str> {
+    match herd::Backend::IoUring.available() {
+        Ok(()) => vec!["epoll", "io-uring"],
+        Err(why) => {
+            eprintln!("SKIPPED on io-uring: {why}");
+            vec!["epoll"]
+        }
+    }
+}
+
+/// What one run in a mode came to: per-worker shares (by the response bodies), the counter rows,
+/// the primary's `accepted dispatched queued requeued`, and its system calls.
+struct Counted {
+    shares: Vec<usize>,
+    rows: std::collections::BTreeMap<usize, util::Row>,
+    primary: [u64; 4],
+    primary_syscalls: u64,
+    log: Vec<String>,
+}
+
+/// Serves `CONNECTIONS` connections in `mode` on `backend`; checks that all were answered, that
+/// the counters add up, and that nothing is left running.
+fn serve_and_count(mode_args: &[&str], backend: &str) -> Counted {
+    let mut args = vec!["--workers", "4", "--listen", "127.0.0.1:0", "--backend", backend];
     args.extend_from_slice(mode_args);
     let serve = Serve::start(&args, WORKERS);
     let (seen, failures) = util::load(&serve.target, CONNECTIONS, CONCURRENCY);
@@ -48,14 +70,15 @@ fn serve_and_count(mode_args: &[&str]) -> (Vec<usize>, std::collections::BTreeMa
         );
     }
     let shares = (0..WORKERS).map(|w| seen.get(&w).copied().unwrap_or(0)).collect();
-    (shares, rows, primary)
+    let primary_syscalls = util::primary_syscalls(&stopped.stdout);
+    Counted { shares, rows, primary, primary_syscalls, log: stopped.log }
 }
 
 #[test]
 fn shared_epoll_serves_every_connection_and_counts_the_herd() {
-    let (_, rows, primary) = serve_and_count(&["--mode", "shared", "--accept", "epoll"]);
-    assert_eq!(primary, [0, 0, 0, 0], "the primary accepts nothing in shared mode");
-    for row in rows.values() {
+    let c = serve_and_count(&["--mode", "shared", "--accept", "epoll"], "epoll");
+    assert_eq!(c.primary, [0, 0, 0, 0], "the primary accepts nothing in shared mode");
+    for row in c.rows.values() {
         assert_eq!(row.handoffs, 0);
         assert!(row.wakeups >= row.accepts, "a worker wakes at least once per accept: {row:?}");
         assert_eq!(row.wakeups, row.accepts + row.eagains, "one accept attempt per wakeup: {row:?}");
@@ -63,49 +86,86 @@ fn shared_epoll_serves_every_connection_and_counts_the_herd() {
 }
 
 #[test]
+fn shared_epoll_on_io_uring_runs_on_epoll_and_says_so() {
+    if !backends().contains(&"io-uring") {
+        return;
+    }
+    // The level-triggered herd has no io_uring form: it serves on epoll, with a warning.
+    let c = serve_and_count(&["--mode", "shared", "--accept", "epoll"], "io-uring");
+    assert!(c.log.iter().any(|l| l.contains("has no io_uring form")), "log:\n{}", c.log.join("\n"));
+    for row in c.rows.values() {
+        assert_eq!(row.wakeups, row.accepts + row.eagains, "epoll's one accept attempt per wakeup: {row:?}");
+    }
+}
+
+#[test]
 fn shared_epoll_exclusive_serves_every_connection() {
-    let (_, rows, _) = serve_and_count(&["--mode", "shared", "--accept", "epoll-exclusive"]);
-    for row in rows.values() {
-        assert_eq!(row.wakeups, row.accepts + row.eagains, "{row:?}");
+    for backend in backends() {
+        let c = serve_and_count(&["--mode", "shared", "--accept", "epoll-exclusive"], backend);
+        for row in c.rows.values() {
+            if backend == "epoll" {
+                assert_eq!(row.wakeups, row.accepts + row.eagains, "{row:?}");
+            } else {
+                assert_eq!(row.eagains, 0, "an io_uring accept waits instead of failing with EAGAIN: {row:?}");
+            }
+        }
     }
 }
 
 #[test]
 fn shared_epoll_rotate_reaches_every_worker() {
-    let (shares, _, _) = serve_and_count(&["--mode", "shared", "--accept", "epoll-rotate"]);
-    assert!(shares.iter().all(|&s| s > 0), "every worker served: {shares:?}");
+    for backend in backends() {
+        let c = serve_and_count(&["--mode", "shared", "--accept", "epoll-rotate"], backend);
+        assert!(c.shares.iter().all(|&s| s > 0), "{backend}: every worker served: {:?}", c.shares);
+    }
 }
 
 #[test]
 fn shared_blocking_accept_reaches_every_worker() {
-    let (shares, rows, _) = serve_and_count(&["--mode", "shared", "--accept", "blocking"]);
-    assert!(shares.iter().all(|&s| s > 0), "every worker served: {shares:?}");
-    for row in rows.values() {
+    let c = serve_and_count(&["--mode", "shared", "--accept", "blocking"], "epoll");
+    assert!(c.shares.iter().all(|&s| s > 0), "every worker served: {:?}", c.shares);
+    for row in c.rows.values() {
         assert_eq!(row.eagains, 0, "a blocking accept never finds the queue empty");
     }
 }
 
 #[test]
 fn handoff_gives_each_worker_exactly_its_round_robin_share() {
-    let (shares, rows, primary) = serve_and_count(&["--mode", "handoff"]);
-    assert_eq!(shares, vec![CONNECTIONS / WORKERS; WORKERS], "exact round-robin shares");
-    let [accepted, dispatched, _queued, requeued] = primary;
-    assert_eq!(accepted, CONNECTIONS as u64);
-    assert_eq!(dispatched, CONNECTIONS as u64);
-    assert_eq!(requeued, 0);
-    for row in rows.values() {
-        assert_eq!(row.accepts, 0, "workers accept nothing in handoff mode");
-        assert_eq!(row.handoffs, row.acked, "every handoff acknowledged: {row:?}");
+    for backend in backends() {
+        let c = serve_and_count(&["--mode", "handoff"], backend);
+        assert_eq!(c.shares, vec![CONNECTIONS / WORKERS; WORKERS], "{backend}: exact round-robin shares");
+        let [accepted, dispatched, _queued, requeued] = c.primary;
+        assert_eq!(accepted, CONNECTIONS as u64);
+        assert_eq!(dispatched, CONNECTIONS as u64);
+        assert_eq!(requeued, 0);
+        for row in c.rows.values() {
+            assert_eq!(row.accepts, 0, "workers accept nothing in handoff mode");
+            assert_eq!(row.handoffs, row.acked, "{backend}: every handoff acknowledged: {row:?}");
+        }
+        let per_connection = c.primary_syscalls as f64 / CONNECTIONS as f64;
+        if backend == "epoll" {
+            // An accept4 and a close for each connection, whatever the batching.
+            assert!(per_connection >= 2.0, "epoll: {} primary system calls", c.primary_syscalls);
+        } else {
+            // Accepts, sends, closes and acks all go through the ring: what is left is one
+            // io_uring_enter per turn of the primary, and a turn moves one connection or more.
+            assert!(per_connection < 2.0, "io-uring: {} primary system calls", c.primary_syscalls);
+        }
     }
 }
 
 #[test]
 fn reuseport_reaches_every_worker() {
-    let (shares, rows, primary) = serve_and_count(&["--mode", "reuseport"]);
-    assert!(shares.iter().all(|&s| s > 0), "the kernel's hash reached every worker: {shares:?}");
-    assert_eq!(primary[0], 0);
-    for row in rows.values() {
-        assert_eq!(row.handoffs, 0);
+    for backend in backends() {
+        let c = serve_and_count(&["--mode", "reuseport"], backend);
+        assert!(c.shares.iter().all(|&s| s > 0), "{backend}: the kernel's hash reached every worker: {:?}", c.shares);
+        assert_eq!(c.primary[0], 0);
+        for row in c.rows.values() {
+            assert_eq!(row.handoffs, 0);
+            if backend == "io-uring" {
+                assert_eq!(row.eagains, 0, "a multishot accept never reports EAGAIN: {row:?}");
+            }
+        }
     }
 }
 
@@ -151,17 +211,38 @@ fn port_zero_gives_every_worker_the_same_port() {
 
 #[test]
 fn every_worker_api_serves_in_every_mode() {
-    for api in ["nested", "incoming"] {
-        for mode in ["shared", "handoff", "reuseport"] {
-            let serve =
-                Serve::start(&["--workers", "2", "--listen", "127.0.0.1:0", "--mode", mode, "--worker-api", api], 2);
+    for (api, mode, backend) in ["nested", "incoming"]
+        .into_iter()
+        .flat_map(|api| ["shared", "handoff", "reuseport"].map(|mode| (api, mode)))
+        .flat_map(|(api, mode)| backends().into_iter().map(move |b| (api, mode, b)))
+    {
+        {
+            let serve = Serve::start(
+                &[
+                    "--workers",
+                    "2",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--mode",
+                    mode,
+                    "--worker-api",
+                    api,
+                    "--backend",
+                    backend,
+                ],
+                2,
+            );
             let (seen, failures) = util::load(&serve.target, 200, 2);
-            assert!(failures.is_empty(), "{api} {mode}: {failures:?}");
-            assert_eq!(seen.values().sum::<usize>(), 200, "{api} {mode}");
+            assert!(failures.is_empty(), "{api} {mode} {backend}: {failures:?}");
+            assert_eq!(seen.values().sum::<usize>(), 200, "{api} {mode} {backend}");
             let stopped = serve.stop();
-            assert!(stopped.status.success(), "{api} {mode}: {:?}", stopped.status);
+            assert!(stopped.status.success(), "{api} {mode} {backend}: {:?}", stopped.status);
             let (rows, _) = util::counters(&stopped.stdout);
-            assert_eq!(rows.values().map(|r| r.closed).sum::<u64>(), 200, "{api} {mode}: every stream closed");
+            assert_eq!(
+                rows.values().map(|r| r.closed).sum::<u64>(),
+                200,
+                "{api} {mode} {backend}: every stream closed"
+            );
         }
     }
 }

@@ -53,6 +53,9 @@ impl UringAccept {
     /// accept where it has ended, unless it ended out of descriptors (the caller backs off and
     /// calls [`arm`](Self::arm) after).
     pub(crate) fn take(&mut self, out: &mut Vec<Accepted>) -> io::Result<()> {
+        // The kernel's work for the ring waits for this call (see `Ring::new`): it accepts
+        // what is waiting and posts the completions.
+        self.ring.submit()?;
         self.ring.completions(&mut self.completions);
         let mut backing_off = false;
         for completion in self.completions.drain(..) {
@@ -76,8 +79,9 @@ impl UringAccept {
     }
 
     /// Stops accepting: cancels the accept and waits for it to end, handing over every
-    /// connection it had already taken. Gives the listener back.
-    pub(crate) fn stop(mut self, out: &mut Vec<OwnedFd>) -> io::Result<Listener> {
+    /// connection it had already taken. Gives the listener back, and the ring, to keep until
+    /// the worker ends ([`Spent`]).
+    pub(crate) fn stop(mut self, out: &mut Vec<OwnedFd>) -> io::Result<(Listener, Spent)> {
         if let Some(id) = self.armed {
             self.ring.cancel(id)?;
             let mut accepted = Vec::new();
@@ -101,13 +105,21 @@ impl UringAccept {
             }
             out.extend(accepted);
         }
-        let UringAccept { listener, .. } = self;
-        Ok(listener)
+        let UringAccept { listener, ring, .. } = self;
+        Ok((listener, Spent(ring)))
     }
 }
 
+/// A ring whose accept has ended, kept open until the worker ends. Closing a ring interrupts
+/// the thread that set it up, some milliseconds later (the kernel's exit work for the ring): a
+/// worker still serving its last connections with blocking reads under a timeout would see
+/// `EINTR`. At the worker's end it no longer matters.
+#[derive(Debug)]
+pub(crate) struct Spent(#[allow(dead_code)] Ring);
+
 impl AsFd for UringAccept {
-    /// The ring's descriptor: readable when connections (or errors) are waiting.
+    /// The ring's notifier: signalled (an edge; it is never cleared) when connections or
+    /// errors are waiting, or the kernel has work for the ring.
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.ring.as_fd()
     }

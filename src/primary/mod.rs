@@ -263,7 +263,7 @@ impl Primary {
         if backend == Backend::IoUring
             && matches!(config.mode, crate::mode::Mode::Shared(s) if !matches!(s, crate::SharedAccept::EpollExclusive | crate::SharedAccept::EpollRotate))
         {
-            warnings.push(format!("shared/{} has no io_uring form: workers wait with it on epoll", config.mode));
+            warnings.push(format!("{} has no io_uring form: its workers wait on epoll", config.mode));
         }
         // In handoff mode the primary accepts and hands on every connection: on io_uring it
         // does so through its own ring, and waits in it.
@@ -860,10 +860,12 @@ impl Drop for Primary {
         if let Some(mask) = &self.saved_mask {
             let _ = mask.set_mask();
         }
-        // The ring goes first, while every descriptor its operations name is still open.
+        // The ring goes first, while every descriptor its operations name is still open; and
+        // quietly (see `Ring::close_quietly`), so the program's next blocking call is not
+        // interrupted by its teardown.
         #[cfg(feature = "io-uring")]
-        if let Some(io) = &mut self.io {
-            io.ring = None;
+        if let Some(r) = self.io.as_mut().and_then(|io| io.ring.take()) {
+            r.ring.close_quietly();
         }
     }
 }

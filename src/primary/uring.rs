@@ -86,6 +86,8 @@ impl Primary {
         let mut completions = {
             let r = self.ring_mut().expect("turn_ring runs with a ring");
             if timeout == Some(Duration::ZERO) {
+                // A host polls the ring's notifier level-triggered: clear it, then look.
+                r.ring.clear_notifier();
                 r.ring.submit()?;
             } else {
                 r.ring.submit_and_wait(timeout)?;

@@ -17,19 +17,51 @@ use std::time::Duration;
 
 use io_uring::{IoUring, opcode, squeue, types};
 
-/// Why io_uring cannot be used here, or nothing.
+/// Why io_uring cannot be used here, or nothing. Probed once per process.
 ///
-/// Checks, in order: `kernel.io_uring_disabled` (2: off for everyone), whether a ring can be set
-/// up at all (`io_uring_setup` fails with `EPERM` under a seccomp filter or with the sysctl at
-/// 1, `ENOSYS` on an old kernel), whether the kernel knows every operation herd uses
-/// (`IORING_REGISTER_PROBE`), and whether it is new enough for multishot accept (Linux 5.19).
+/// Checks, in order: `kernel.io_uring_disabled` (2: off for everyone), whether the kernel is new
+/// enough for multishot accept (5.19) and for deferred task work (6.1; see [`Ring::new`]),
+/// whether a ring can be set up at all (`io_uring_setup` fails with `EPERM` under a seccomp
+/// filter or with the sysctl at 1, `ENOSYS` where io_uring is compiled out), and whether the
+/// kernel knows every operation herd uses (`IORING_REGISTER_PROBE`). The ring is set up the way
+/// herd sets its rings up, so a kernel that refuses one of its flags fails here, not later.
+///
+/// The probe's ring is set up in a thread of its own: a ring's teardown interrupts the thread
+/// that set it up once, some milliseconds later (the kernel's exit work), which a blocking call
+/// with a timeout in the caller's thread would see as `EINTR`.
 pub fn probe() -> Result<(), String> {
+    static RESULT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    RESULT
+        .get_or_init(|| {
+            let before = super::process::user_thread_count();
+            let result = std::thread::scope(|s| s.spawn(probe_here).join())
+                .unwrap_or_else(|_| Err("the io_uring probe panicked".to_owned()));
+            // The joined thread may still be listed for a moment while it exits; wait for it to
+            // go, so that a fork right after this does not count it (bounded: 100 ms).
+            for _ in 0..100 {
+                if super::process::user_thread_count() <= before {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            result
+        })
+        .clone()
+}
+
+fn probe_here() -> Result<(), String> {
     if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
         if v.trim() == "2" {
             return Err("kernel.io_uring_disabled is 2: io_uring is off on this system".to_owned());
         }
     }
-    let ring = IoUring::new(8).map_err(|e| {
+    let release = rustix::system::uname().release().to_string_lossy().into_owned();
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    if version < (6, 1) {
+        return Err(format!("Linux {release} has no IORING_SETUP_DEFER_TASKRUN (6.1)"));
+    }
+    let ring = builder().build(8).map_err(|e| {
         let why = match e.raw_os_error() {
             Some(libc::EPERM) => " (a seccomp filter, or kernel.io_uring_disabled = 1 for this user)",
             Some(libc::ENOSYS) => " (the kernel has no io_uring, or a seccomp filter hides it)",
@@ -51,17 +83,38 @@ pub fn probe() -> Result<(), String> {
             return Err(format!("the kernel does not support IORING_OP_{name}"));
         }
     }
-    let release = rustix::system::uname().release().to_string_lossy().into_owned();
-    let mut numbers = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
-    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
-    if version < (5, 19) {
-        return Err(format!("Linux {release} has no multishot accept (5.19)"));
-    }
     Ok(())
+}
+
+/// Waits, at most `limit`, in a blocking `recv` (with a 5 ms timeout, on a socket pair of its
+/// own) until an interruption (`EINTR`) ends one.
+fn absorb_interruption(limit: Duration) {
+    use rustix::net::{AddressFamily, RecvFlags, SocketFlags, SocketType, sockopt};
+    let Ok((a, _b)) = rustix::net::socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None)
+    else {
+        return;
+    };
+    if sockopt::set_socket_timeout(&a, sockopt::Timeout::Recv, Some(Duration::from_millis(5))).is_err() {
+        return;
+    }
+    let start = std::time::Instant::now();
+    let mut byte = [0u8; 1];
+    while start.elapsed() < limit {
+        if let Err(rustix::io::Errno::INTR) = rustix::net::recv(&a, &mut byte, RecvFlags::empty()) {
+            return;
+        }
+    }
 }
 
 /// The user data of entries that have no operation in the table (a send's linked closes).
 const NOBODY: u64 = u64::MAX;
+
+/// How herd sets up every ring (see [`Ring::new`]).
+fn builder() -> io_uring::Builder {
+    let mut builder = IoUring::builder();
+    builder.setup_single_issuer().setup_defer_taskrun().setup_taskrun_flag();
+    builder
+}
 
 /// What an operation was, kept until its completion with whatever the kernel may still touch.
 #[derive(Debug)]
@@ -160,6 +213,9 @@ pub struct Ring {
     /// Non-blocking sends queued since the last `io_uring_enter`: each completes within the
     /// call that submits it, so a wait for "the next completion" waits for that many more.
     completes_inline: usize,
+    /// Signalled by the kernel whenever the ring has work or completions for its owner
+    /// (`IORING_REGISTER_EVENTFD`): the descriptor to poll (see [`AsFd`](#impl-AsFd-for-Ring)).
+    notifier: super::eventfd::EventFd,
 }
 
 impl std::fmt::Debug for Ring {
@@ -173,13 +229,50 @@ fn errno(res: i32) -> io::Error {
 }
 
 impl Ring {
-    /// Corresponds to `io_uring_setup(entries)`, with the completion queue twice as deep.
+    /// Corresponds to `io_uring_setup(entries)`, with the completion queue four times as deep,
+    /// and the kernel's work for the ring deferred to this process's own `io_uring_enter`
+    /// calls (`IORING_SETUP_DEFER_TASKRUN`, with `SINGLE_ISSUER` and `TASKRUN_FLAG`).
+    ///
+    /// Deferring matters for a worker: otherwise the kernel runs the ring's work (installing an
+    /// accepted connection, say) by interrupting whatever the process is doing, and a blocking
+    /// `read` with a timeout (`SO_RCVTIMEO`) on one of its connections then fails with `EINTR` —
+    /// which most blocking code treats as an error. Deferred, the work waits until the ring's
+    /// owner asks for completions; meanwhile the ring's descriptor polls readable, and the flag
+    /// `IORING_SQ_TASKRUN` says a call is needed.
     pub fn new(entries: u32) -> io::Result<Ring> {
-        let ring = IoUring::builder()
-            .setup_cqsize(entries * 4)
-            .build(entries)
-            .map_err(|e| super::context(e, "io_uring_setup"))?;
-        Ok(Ring { ring, ops: Vec::new(), free: Vec::new(), owner: rustix::process::getpid(), completes_inline: 0 })
+        let ring =
+            builder().setup_cqsize(entries * 4).build(entries).map_err(|e| super::context(e, "io_uring_setup"))?;
+        let notifier = super::eventfd::EventFd::new()?;
+        ring.submitter()
+            .register_eventfd(notifier.as_fd().as_raw_fd())
+            .map_err(|e| super::context(e, "io_uring_register(IORING_REGISTER_EVENTFD)"))?;
+        Ok(Ring {
+            ring,
+            ops: Vec::new(),
+            free: Vec::new(),
+            owner: rustix::process::getpid(),
+            completes_inline: 0,
+            notifier,
+        })
+    }
+
+    /// Closes the ring, then waits (at most 100 ms) for the one interruption its teardown sends
+    /// the thread that set it up: the kernel's exit work for the ring interrupts that thread
+    /// some milliseconds after the close, and a blocking call with a timeout it is making then
+    /// (a `read` under `SO_RCVTIMEO`) would fail with `EINTR`. Taken here, it is nobody's
+    /// surprise later.
+    pub fn close_quietly(self) {
+        let owner = self.owner == rustix::process::getpid();
+        drop(self);
+        if owner {
+            absorb_interruption(Duration::from_millis(100));
+        }
+    }
+
+    /// Resets the notifier (see [`AsFd`](#impl-AsFd-for-Ring)) for a host that polls it
+    /// level-triggered: call before taking completions.
+    pub fn clear_notifier(&self) {
+        self.notifier.clear();
     }
 
     fn slot(&mut self, op: Op) -> u64 {
@@ -382,9 +475,12 @@ impl Ring {
     }
 
     fn enter(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<()> {
-        if self.ring.submission().is_empty() && want == 0 {
-            return Ok(());
+        let mut sq = self.ring.submission();
+        sq.sync();
+        if sq.is_empty() && want == 0 && !sq.taskrun() {
+            return Ok(()); // nothing to submit, and no deferred work to run
         }
+        drop(sq);
         // The non-blocking sends in this submission complete within it: waiting for the next
         // completion means waiting for one beyond theirs.
         let want = if want > 0 { want + self.completes_inline } else { 0 };
@@ -465,11 +561,13 @@ impl Ring {
 }
 
 impl AsFd for Ring {
-    /// The ring's descriptor: readable when completions are waiting, so it can sit in an epoll
-    /// instance with everything else.
+    /// The descriptor to poll for the ring: an eventfd the kernel signals each time the ring
+    /// has work for its owner or posts a completion. Not the ring's own descriptor: with the
+    /// kernel's work deferred (see [`Ring::new`]) that one polls readable but wakes nobody.
+    /// Watch it edge-triggered, or level-triggered and [`clear`](Ring::clear_notifier) it; then
+    /// [`submit`](Ring::submit) (which runs the deferred work) and take the completions.
     fn as_fd(&self) -> BorrowedFd<'_> {
-        // SAFETY: the ring's descriptor lives as long as `self.ring`, which `self` owns.
-        unsafe { BorrowedFd::borrow_raw(self.ring.as_raw_fd()) }
+        self.notifier.as_fd()
     }
 }
 
@@ -593,6 +691,8 @@ mod tests {
             matches!(&done[0], Completion::Sent { result: Ok(_), fds, count: 1, .. } if fds.is_empty()),
             "{done:?}"
         );
+        // The linked close is the kernel's deferred work: it runs with the ring's next call.
+        ring.submit().unwrap();
         assert!(!is_open(raw), "closed by the ring");
         assert_eq!(b.recv().unwrap().fds.len(), 1, "and delivered");
         // Failed (the peer is gone): the close is cancelled and the descriptor comes back open.
@@ -605,6 +705,54 @@ mod tests {
         assert_eq!(e.raw_os_error(), Some(libc::EPIPE));
         assert_eq!(fds.iter().map(AsRawFd::as_raw_fd).collect::<Vec<_>>(), [raw]);
         assert!(is_open(raw), "not closed: the send failed");
+    }
+
+    #[test]
+    fn the_rings_work_never_interrupts_a_blocking_read() {
+        // A worker blocked in a read with a timeout (SO_RCVTIMEO) on one connection, while its
+        // ring accepts another: the kernel's work for the ring must wait for the ring's owner,
+        // not interrupt the read with EINTR.
+        let Some(mut ring) = ring() else { return };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        ring.accept(listener.as_fd(), 1, true).unwrap();
+        ring.submit().unwrap();
+        let (mut a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = std::thread::spawn(move || {
+            let clients: Vec<_> = (0..20)
+                .map(|_| {
+                    std::thread::sleep(Duration::from_millis(5));
+                    std::net::TcpStream::connect(addr).unwrap()
+                })
+                .collect();
+            std::io::Write::write_all(&mut b, b"done").unwrap();
+            clients
+        });
+        let mut buf = [0u8; 4];
+        let read = std::io::Read::read(&mut a, &mut buf);
+        let _clients = client.join().unwrap();
+        assert_eq!(read.map_err(|e| e.to_string()), Ok(4), "the read returned the data, not EINTR");
+        let done = wait_for(&mut ring, 20);
+        assert_eq!(done.len(), 20, "and the ring accepted every connection once asked");
+    }
+
+    #[test]
+    fn a_ring_closed_quietly_leaves_no_interruption_behind() {
+        let Some(mut ring) = ring() else { return };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        ring.accept(listener.as_fd(), 1, true).unwrap();
+        ring.submit().unwrap();
+        ring.close_quietly();
+        // The teardown's interruption comes some milliseconds after a close: none may be left
+        // for the thread's blocking calls.
+        let (mut a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+        for _ in 0..10 {
+            let err = std::io::Read::read(&mut a, &mut [0u8; 1]).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock, "{err}");
+        }
     }
 
     #[test]

@@ -116,7 +116,8 @@ impl Worker {
             Accepting::Uring(uring) => {
                 // Connections the ring took before the cancel are served here, as events.
                 let mut taken = Vec::new();
-                let listener = uring.stop(&mut taken)?;
+                let (listener, spent) = uring.stop(&mut taken)?;
+                self.spent_ring = Some(spent);
                 for fd in taken {
                     self.counters.bump_worker(self.id, WorkerCounter::Accepts, 1);
                     let stream = Stream::new(fd, self.kind, self.counters.clone(), self.id);

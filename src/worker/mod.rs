@@ -189,6 +189,9 @@ pub struct Worker {
     /// when it is needed, descriptors have run out.
     timer: Timer,
     accept_resume_at: Option<Instant>,
+    /// The accept ring, once stopped: kept until the worker ends (see `accept::uring::Spent`).
+    #[cfg(feature = "io-uring")]
+    spent_ring: Option<crate::accept::uring::Spent>,
     warnings: Warnings,
 }
 
@@ -217,7 +220,8 @@ impl Worker {
             #[cfg(feature = "io-uring")]
             Some(WorkerAccept { listener, wait, backend: Backend::IoUring }) if wait.on_uring().is_some() => {
                 let uring = crate::accept::uring::UringAccept::new(listener, wait.on_uring().expect("checked"))?;
-                epoll.add(&uring, TOKEN_LISTENER, Interest::READABLE)?;
+                // Edge-triggered: the ring's eventfd is never read, each signal is an edge.
+                epoll.add(&uring, TOKEN_LISTENER, Interest { edge: true, ..Interest::READABLE })?;
                 Accepting::Uring(Box::new(uring))
             }
             Some(WorkerAccept { listener, wait, .. }) => {
@@ -258,6 +262,8 @@ impl Worker {
             state: State::Running,
             timer,
             accept_resume_at: None,
+            #[cfg(feature = "io-uring")]
+            spent_ring: None,
             warnings: Warnings::default(),
         })
     }

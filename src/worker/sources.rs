@@ -335,7 +335,8 @@ impl Worker {
                 // What the ring accepted before the cancel is this worker's, like a connection
                 // `accept4` returned: it is served.
                 let mut taken = Vec::new();
-                uring.stop(&mut taken)?;
+                let (_listener, spent) = uring.stop(&mut taken)?;
+                self.spent_ring = Some(spent);
                 for fd in taken {
                     self.counters.bump_worker(self.id, WorkerCounter::Accepts, 1);
                     let stream = Stream::new(fd, self.kind, self.counters.clone(), self.id);

@@ -369,6 +369,12 @@ pub fn counters(stdout: &str) -> (BTreeMap<usize, Row>, [u64; 4]) {
     (rows, primary)
 }
 
+/// The primary's system-call count from the counter table's `primary:` line.
+pub fn primary_syscalls(stdout: &str) -> u64 {
+    let line = stdout.lines().find_map(|l| l.strip_prefix("primary: ")).expect("a primary line");
+    line.split("syscalls ").nth(1).and_then(|n| n.trim().parse().ok()).expect("a syscalls count")
+}
+
 /// How many descriptors process `raw` has open.
 pub fn fd_count(raw: u32) -> usize {
     std::fs::read_dir(format!("/proc/{raw}/fd")).map(|d| d.count()).unwrap_or(0)
