@@ -55,8 +55,7 @@ impl UringAccept {
     pub(crate) fn take(&mut self, out: &mut Vec<Accepted>) -> io::Result<()> {
         // The kernel's work for the ring waits for this call (see `Ring::new`): it accepts
         // what is waiting and posts the completions.
-        self.ring.submit()?;
-        self.ring.completions(&mut self.completions);
+        self.ring.run_and_take(&mut self.completions)?;
         let mut backing_off = false;
         for completion in self.completions.drain(..) {
             let Completion::Accepted { result, more, .. } = completion else { continue };

