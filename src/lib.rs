@@ -13,6 +13,11 @@
 //! The guide in `docs/modes.md` explains each mode with diagrams and figures measured by herd
 //! itself.
 //!
+//! Connections are taken off listeners by a [`Backend`]: epoll (the default), or io_uring with
+//! the cargo feature `io-uring` — a multishot accept, and in handoff mode a primary that sends,
+//! closes and reads acknowledgements through its ring in batches ([`Builder::backend`];
+//! `docs/io_uring.md`).
+//!
 //! ## Example
 //!
 //! ```no_run

@@ -252,19 +252,7 @@ impl Primary {
         io.epoll.add(io.alarm.timer(), Token::Alarm.into(), Interest::READABLE)?;
         #[cfg_attr(not(feature = "io-uring"), allow(unused_mut))]
         let mut dispatcher = mode.uses_lanes().then(|| Dispatcher::new(config.handoff_window, counters.clone()));
-        let mut warnings = Vec::new();
-        let backend = match config.backend.available() {
-            Ok(()) => config.backend,
-            Err(why) => {
-                warnings.push(format!("{} is unavailable: {why}; using epoll", config.backend));
-                Backend::Epoll
-            }
-        };
-        if backend == Backend::IoUring
-            && matches!(config.mode, crate::mode::Mode::Shared(s) if !matches!(s, crate::SharedAccept::EpollExclusive | crate::SharedAccept::EpollRotate))
-        {
-            warnings.push(format!("{} has no io_uring form: its workers wait on epoll", config.mode));
-        }
+        let (backend, warnings) = resolve_backend(config.backend, config.mode, config.backend.available());
         // In handoff mode the primary accepts and hands on every connection: on io_uring it
         // does so through its own ring, and waits in it.
         #[cfg(feature = "io-uring")]
@@ -834,6 +822,25 @@ impl Primary {
     }
 }
 
+/// The backend that runs for `requested` in `mode`, given whether io_uring is `available`, and
+/// what the program should hear about it.
+fn resolve_backend(requested: Backend, mode: crate::Mode, available: Result<(), String>) -> (Backend, Vec<String>) {
+    let mut warnings = Vec::new();
+    let backend = match available {
+        Ok(()) => requested,
+        Err(why) => {
+            warnings.push(format!("{requested} is unavailable: {why}; using epoll"));
+            Backend::Epoll
+        }
+    };
+    if backend == Backend::IoUring
+        && matches!(mode, crate::Mode::Shared(s) if !matches!(s, crate::SharedAccept::EpollExclusive | crate::SharedAccept::EpollRotate))
+    {
+        warnings.push(format!("{mode} has no io_uring form: its workers wait on epoll"));
+    }
+    (backend, warnings)
+}
+
 impl AsFd for Primary {
     /// The primary's epoll instance — or, in handoff mode on io_uring, its ring: readable
     /// whenever [`Primary::try_event`] has something to do. Register it (level- or
@@ -873,6 +880,26 @@ impl Drop for Primary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolving_the_backend_falls_back_to_epoll_and_says_why() {
+        use crate::{Mode, SharedAccept};
+        let refused = Err("io_uring_setup: Operation not permitted (a seccomp filter)".to_owned());
+        let (backend, warnings) = resolve_backend(Backend::IoUring, Mode::Handoff, refused);
+        assert_eq!(backend, Backend::Epoll);
+        assert_eq!(
+            warnings,
+            ["io-uring is unavailable: io_uring_setup: Operation not permitted (a seccomp filter); using epoll"]
+        );
+        assert_eq!(resolve_backend(Backend::IoUring, Mode::Reuseport, Ok(())), (Backend::IoUring, vec![]));
+        let (backend, warnings) = resolve_backend(Backend::IoUring, Mode::Shared(SharedAccept::Epoll), Ok(()));
+        assert_eq!(backend, Backend::IoUring);
+        assert_eq!(warnings, ["shared/epoll has no io_uring form: its workers wait on epoll"]);
+        assert_eq!(
+            resolve_backend(Backend::Epoll, Mode::Shared(SharedAccept::Epoll), Ok(())),
+            (Backend::Epoll, vec![])
+        );
+    }
 
     #[test]
     fn tokens_round_trip() {
