@@ -3,7 +3,7 @@
 //! the shutdown.
 //!
 //! ```sh
-//! cargo run --example embedded
+//! cargo run --example embedded [-- --backend io-uring]
 //! ```
 //!
 //! The cluster runs in handoff mode, so nothing is served unless the runtime keeps the primary
@@ -15,7 +15,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
-use herd::{Cluster, Event, Mode, Primary, ReloadPhase};
+use herd::{Backend, Cluster, Event, Mode, Primary, ReloadPhase};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -27,8 +27,15 @@ fn watch<T: AsRawFd>(inner: T) -> io::Result<AsyncFd<T>> {
 }
 
 fn main() -> io::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let backend = match args.as_slice() {
+        [] => Backend::Epoll,
+        [flag, name] if flag == "--backend" => name.parse().map_err(io::Error::other)?,
+        _ => return Err(io::Error::other("usage: embedded [--backend epoll|io-uring]")),
+    };
     let cluster = Cluster::builder("127.0.0.1:0".parse().unwrap())
         .mode(Mode::Handoff)
+        .backend(backend)
         .workers(2)
         // The program keeps its signals; it calls reload, scale and shutdown itself.
         .handle_signals(false)
@@ -69,7 +76,8 @@ enum Step {
 }
 
 async fn drive(primary: &mut Primary, addr: String) -> io::Result<()> {
-    // A duplicate of the primary's descriptor: the same epoll instance, owned by the AsyncFd.
+    // A duplicate of the primary's descriptor (its epoll instance, or on io_uring its ring's
+    // eventfd), owned by the AsyncFd.
     let events = watch(primary.as_fd().try_clone_to_owned()?)?;
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut step = Step::Listening(0);

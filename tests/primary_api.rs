@@ -18,7 +18,12 @@ fn example(name: &str) -> PathBuf {
 
 /// Runs an example to completion and checks that it succeeded and printed every `checks` line.
 fn run_example(name: &str, checks: &[&str]) {
-    let out = Command::new(example(name)).output().unwrap();
+    run_example_with(name, &[], checks);
+}
+
+/// [`run_example`] with arguments.
+fn run_example_with(name: &str, args: &[&str], checks: &[&str]) {
+    let out = Command::new(example(name)).args(args).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{name}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     for check in checks {
@@ -59,6 +64,25 @@ fn workers_can_be_listed_disconnected_and_killed_from_code() {
             "ok: all checks passed",
         ],
     );
+}
+
+const EMBEDDED_CHECKS: [&str; 6] = [
+    "ok: 20 requests served while tokio drives the primary",
+    "ok: reload() from code: every worker replaced",
+    "ok: scale(3) from code: a third worker listens",
+    "ok: 30 more served by the scaled cluster",
+    "ok: shutdown(true) from code: every worker exited",
+    "ok: all checks passed",
+];
+
+#[test]
+fn the_primary_on_io_uring_runs_from_a_tokio_loop_too() {
+    // On io_uring the primary's descriptor is its ring's eventfd: the host polls it the same way.
+    if let Err(why) = herd::Backend::IoUring.available() {
+        eprintln!("SKIPPED on io-uring: {why}");
+        return;
+    }
+    run_example_with("embedded", &["--backend", "io-uring"], &EMBEDDED_CHECKS);
 }
 
 #[test]
