@@ -3,7 +3,7 @@ CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 MODE ?= shared
 
-.PHONY: all build bench-run serve test soak fuzz bench lint doc clean
+.PHONY: all build bench-run serve test soak fuzz bench lint doc clean capi install header c-test
 
 all: build
 
@@ -18,12 +18,52 @@ bench-run: build
 serve: build
 	./target/release/herd serve --mode $(MODE) --listen $(LISTEN)
 
-## Every test: unit, integration and doc tests. The examples are built as programs first:
-## tests/primary_api.rs runs them (they fork, so they cannot run inside the test process).
+## Every test: unit, integration and doc tests, then the C ABI's (c-test). The examples are
+## built as programs first: tests/primary_api.rs runs them (they fork, so they cannot run
+## inside the test process).
 test:
 	$(CARGO) build --examples
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
+	$(CARGO) test -p herd-capi
+	$(MAKE) c-test
+
+## The C ABI (capi/): libherd.a, libherd.so (soname libherd.so.MAJOR), include/herd.h and
+## herd.pc, staged in target/capi/ for PREFIX; `make install PREFIX=...` copies them there.
+PREFIX ?= /usr/local
+CAPI_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' capi/Cargo.toml | head -n 1)
+CAPI_MAJOR := $(firstword $(subst ., ,$(CAPI_VERSION)))
+CAPI_DIR := target/capi
+# What a static libherd.a needs besides (`rustc --print native-static-libs`).
+CAPI_PRIVATE_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
+capi:
+	$(CARGO) build --release -p herd-capi
+	mkdir -p $(CAPI_DIR)/lib/pkgconfig $(CAPI_DIR)/include
+	cp target/release/libherd.a $(CAPI_DIR)/lib/libherd.a
+	cp target/release/libherd.so $(CAPI_DIR)/lib/libherd.so.$(CAPI_VERSION)
+	ln -sf libherd.so.$(CAPI_VERSION) $(CAPI_DIR)/lib/libherd.so.$(CAPI_MAJOR)
+	ln -sf libherd.so.$(CAPI_MAJOR) $(CAPI_DIR)/lib/libherd.so
+	cp include/herd.h $(CAPI_DIR)/include/herd.h
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(CAPI_VERSION)|' -e 's|@PRIVATE_LIBS@|$(CAPI_PRIVATE_LIBS)|' \
+		capi/herd.pc.in > $(CAPI_DIR)/lib/pkgconfig/herd.pc
+
+install: capi
+	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include
+	install -m 644 $(CAPI_DIR)/lib/libherd.a $(DESTDIR)$(PREFIX)/lib/libherd.a
+	install -m 755 $(CAPI_DIR)/lib/libherd.so.$(CAPI_VERSION) $(DESTDIR)$(PREFIX)/lib/libherd.so.$(CAPI_VERSION)
+	ln -sf libherd.so.$(CAPI_VERSION) $(DESTDIR)$(PREFIX)/lib/libherd.so.$(CAPI_MAJOR)
+	ln -sf libherd.so.$(CAPI_MAJOR) $(DESTDIR)$(PREFIX)/lib/libherd.so
+	install -m 644 include/herd.h $(DESTDIR)$(PREFIX)/include/herd.h
+	install -m 644 $(CAPI_DIR)/lib/pkgconfig/herd.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/herd.pc
+
+## Regenerates include/herd.h from capi/src (cbindgen); `make lint` fails while it is stale.
+header:
+	HERD_UPDATE_HEADER=1 $(CARGO) test -p herd-capi --test header
+
+## The C programs of c-tests/, with -Wall -Wextra -Werror, under AddressSanitizer and
+## UndefinedBehaviorSanitizer (skipped, loudly, without a C compiler).
+c-test: capi
+	CAPI_DIR=$(CAPI_DIR) ./c-tests/run.sh
 
 ## The descriptor and memory soak: 200 000 churned connections through each mode (make test
 ## runs 5 000).
@@ -50,6 +90,8 @@ lint:
 	$(CARGO) clippy --lib --no-default-features --features io-uring -- -D warnings
 	test "$$($(LIB_DEPS) | grep -v '^herd ' | cut -d' ' -f1 | sort -u | tr '\n' ' ')" = "libc rustix "
 	test "$$($(LIB_DEPS) --features io-uring | grep -v '^herd ' | cut -d' ' -f1 | sort -u | tr '\n' ' ')" = "io-uring libc rustix "
+	$(CARGO) clippy -p herd-capi --all-targets -- -D warnings
+	$(CARGO) test -p herd-capi --test header
 
 doc:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
