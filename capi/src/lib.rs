@@ -34,6 +34,8 @@
 mod builder;
 mod error;
 mod event;
+#[cfg(test)]
+mod layout;
 mod primary;
 mod worker;
 
