@@ -270,12 +270,31 @@ static inline void client_main(const struct sockaddr_in *addr, uint32_t n, int s
     _exit(w == (ssize_t)sizeof r ? 0 : 3);
 }
 
+/* In a process forked from the primary: closes every descriptor but 0, 1, 2, `keep_a` and
+ * `keep_b`. Such a child holds copies of all of herd's descriptors otherwise (its workers'
+ * pidfds and channels, the listener) and keeps them open for as long as it lives. */
+static inline void close_inherited(int keep_a, int keep_b) {
+    int fds[1024], n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    if (d == NULL) return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL && n < 1024) {
+        int fd = atoi(e->d_name);
+        if (e->d_name[0] != '.' && fd > 2 && fd != dirfd(d) && fd != keep_a && fd != keep_b) fds[n++] = fd;
+    }
+    closedir(d);
+    for (int i = 0; i < n; i++) close(fds[i]);
+}
+
 /* Forks a client process running client_main; its pid, or -1. */
 static inline pid_t spawn_client(const struct sockaddr_in *addr, uint32_t n, int stop_fd, uint32_t after,
                                  int result_fd) {
     fflush(stdout);
     pid_t pid = fork();
-    if (pid == 0) client_main(addr, n, stop_fd, after, result_fd);
+    if (pid == 0) {
+        close_inherited(stop_fd, result_fd);
+        client_main(addr, n, stop_fd, after, result_fd);
+    }
     return pid;
 }
 
