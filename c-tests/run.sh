@@ -2,7 +2,9 @@
 # Builds every c-tests/*.c program against the staged C ABI (make capi: $CAPI_DIR) with
 # -Wall -Wextra -Werror under AddressSanitizer and UndefinedBehaviorSanitizer, and runs it.
 # A test program exits 0 when every check held and prints one "ok: ..." line per check; a
-# program that needs something this machine lacks prints "SKIPPED: why" and exits 0.
+# program that needs something this machine lacks prints "SKIPPED: why" and exits 0. A program
+# with an executable NAME.sh beside it is run by that script; an executable script with no
+# program of its name (install.sh) is run on its own.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -43,6 +45,15 @@ for src in c-tests/*.c; do
         continue
     fi
     if ! timeout 120 "$OUT/$name"; then
+        echo "FAILED: $name"
+        failed=1
+    fi
+done
+# A script with no program of its name (install.sh) runs on its own.
+for script in c-tests/*.sh; do
+    name=$(basename "$script" .sh)
+    if [ "$name" = run ] || [ -f "c-tests/$name.c" ] || [ ! -x "$script" ]; then continue; fi
+    if ! timeout 120 "$script"; then
         echo "FAILED: $name"
         failed=1
     fi
