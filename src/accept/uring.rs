@@ -7,9 +7,18 @@
 //!   no system call of the worker's own to take it — only the `epoll_wait` that wakes it, shared
 //!   by every completion waiting. The accept stays armed until an error ends it (it is then
 //!   armed again, or after the `EMFILE` back-off).
-//! - [`UringWait::Rearmed`] submits a single accept and submits it again after each
-//!   connection, which puts the worker back at the tail of the listener's wait queue: the fair
-//!   strategy for a shared listener, at one `io_uring_enter` per connection.
+//! - [`UringWait::Rearmed`] submits a single accept, and after each connection submits it
+//!   again only when the worker is about to wait ([`UringAccept::before_wait`]): the worker
+//!   goes back to the tail of the listener's wait queue, so connections rotate over the idle
+//!   workers (the fair strategy for a shared listener), and a busy worker has no accept in the
+//!   queue to claim a connection it cannot serve yet. One `io_uring_enter` per connection.
+//!
+//! Why the second half matters: io_uring's accept waits on the listener exclusively, and the
+//! wakeup goes to the first armed accept whether or not its worker is waiting — unlike
+//! `EPOLLEXCLUSIVE`, which passes a wakeup on when nobody waits on an epoll instance. A
+//! multishot accept stays armed while its worker is busy, so on a shared listener a connection
+//! can wait behind a long request in one worker while another worker idles (and, with the
+//! ring's work deferred to its owner, it is not even accepted until then).
 //!
 //! Errors are sorted by the same table as on epoll ([`super::classify`]).
 
@@ -29,19 +38,29 @@ pub(crate) struct UringAccept {
     wait: UringWait,
     /// The accept in flight, if any.
     armed: Option<u64>,
+    /// It ended out of descriptors: not armed again until [`arm`](Self::arm) after the back-off.
+    backing_off: bool,
     completions: Vec<Completion>,
 }
 
 impl UringAccept {
     /// Sets up a ring for `listener` and arms its accept.
     pub(crate) fn new(listener: Listener, wait: UringWait) -> io::Result<UringAccept> {
-        let mut accept = UringAccept { ring: Ring::new(64)?, listener, wait, armed: None, completions: Vec::new() };
+        let mut accept = UringAccept {
+            ring: Ring::new(64)?,
+            listener,
+            wait,
+            armed: None,
+            backing_off: false,
+            completions: Vec::new(),
+        };
         accept.arm()?;
         Ok(accept)
     }
 
     /// Arms the accept (if it is not armed) and submits.
     pub(crate) fn arm(&mut self) -> io::Result<()> {
+        self.backing_off = false;
         if self.armed.is_none() {
             let multishot = self.wait == UringWait::Multishot;
             self.armed = Some(self.ring.accept(self.listener.as_fd(), 0, multishot)?);
@@ -49,9 +68,19 @@ impl UringAccept {
         self.ring.submit()
     }
 
-    /// What the ring delivered since the last call, sorted by the error table; re-arms the
-    /// accept where it has ended, unless it ended out of descriptors (the caller backs off and
-    /// calls [`arm`](Self::arm) after).
+    /// The worker is about to wait: a [`UringWait::Rearmed`] accept goes back into the
+    /// listener's wait queue now (unless backing off).
+    pub(crate) fn before_wait(&mut self) -> io::Result<()> {
+        if self.wait == UringWait::Rearmed && self.armed.is_none() && !self.backing_off {
+            self.arm()?;
+        }
+        Ok(())
+    }
+
+    /// What the ring delivered since the last call, sorted by the error table; re-arms a
+    /// multishot accept that has ended (a rearmed one waits for [`before_wait`](Self::before_wait)),
+    /// unless it ended out of descriptors (the caller backs off and calls [`arm`](Self::arm)
+    /// after).
     pub(crate) fn take(&mut self, out: &mut Vec<Accepted>) -> io::Result<()> {
         // The kernel's work for the ring waits for this call (see `Ring::new`): it accepts
         // what is waiting and posts the completions.
@@ -71,7 +100,8 @@ impl UringAccept {
             backing_off |= matches!(accepted, Accepted::BackOff(_));
             out.push(accepted);
         }
-        if self.armed.is_none() && !backing_off {
+        self.backing_off |= backing_off;
+        if self.armed.is_none() && !self.backing_off && self.wait == UringWait::Multishot {
             self.arm()?;
         }
         Ok(())

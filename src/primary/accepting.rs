@@ -73,6 +73,14 @@ impl Primary {
         let io = self.io.as_mut().expect("the primary's descriptors exist in the primary");
         for id in 0..mode.listener_count() {
             let Some(listener) = mode.listener(id) else {
+                // Released by the mode: nothing may wait on it any more (on io_uring, an
+                // accept left armed would keep the socket open).
+                #[cfg(feature = "io-uring")]
+                if self.accepting.watched.remove(&id) {
+                    if let Some(r) = &mut io.ring {
+                        let _ = r.disarm_accept(id);
+                    }
+                }
                 self.accepting.watched.remove(&id);
                 continue;
             };
@@ -167,7 +175,9 @@ impl Primary {
         let now = Instant::now();
         if self.accepting.last_warning.is_none_or(|t| now.duration_since(t) >= WARN_EVERY) {
             self.accepting.last_warning = Some(now);
-            self.warn(format!("accept4: {e}; pausing accepts for {:?}", accept::BACKOFF));
+            // `accept4`, or on io_uring the ring's accept: the same errno either way.
+            let call = if self.backend == crate::accept::Backend::IoUring { "accept (io_uring)" } else { "accept4" };
+            self.warn(format!("{call}: {e}; pausing accepts for {:?}", accept::BACKOFF));
         }
         self.pause_accepting(Pause::BackOff);
         self.deadlines.accept = Some(now + accept::BACKOFF);
@@ -201,11 +211,25 @@ impl Primary {
     pub(super) fn close_slot_listener(&mut self, slot: usize) {
         if let Some(listener) = self.mode.as_mut().and_then(|m| m.release_slot(slot)) {
             if self.accepting.watched.remove(&slot) {
-                let _ = self.io.as_ref().map(|io| io.epoll.delete(&listener));
+                self.stop_watching(slot, &listener);
             }
             self.accepting.dirty = true;
             self.drain_and_close(slot, listener);
         }
+    }
+
+    /// Stops waiting for connections on listener `id`: its epoll registration goes, or, on
+    /// io_uring, its multishot accept is cancelled at once — an armed accept holds the socket
+    /// open (and in its `SO_REUSEPORT` group) however many descriptors for it are closed.
+    fn stop_watching(&mut self, id: usize, listener: &Listener) {
+        #[cfg(feature = "io-uring")]
+        if let Some(r) = self.io.as_mut().and_then(|io| io.ring.as_mut()) {
+            if let Err(e) = r.disarm_accept(id).and_then(|()| r.ring.submit()) {
+                self.warn(format!("io_uring: cancelling the accept on listener {id}: {e}"));
+            }
+            return;
+        }
+        let _ = (id, self.io.as_ref().map(|io| io.epoll.delete(listener)));
     }
 
     fn drain_and_close(&mut self, slot: usize, listener: Listener) {

@@ -567,7 +567,7 @@ impl Primary {
     /// While shutting down: asks every worker to finish and exit — once the connections still
     /// queued in the primary have been handed out.
     fn disconnect_all_once_drained(&mut self) {
-        if !self.shutting_down || self.dispatcher.as_ref().is_some_and(|d| d.queued() > 0) {
+        if !self.shutting_down || self.dispatcher.as_ref().is_some_and(|d| !d.drained()) {
             return;
         }
         let keys: Vec<u64> = self.workers.iter().filter(|(_, w)| !w.asked_to_exit).map(|(k, _)| *k).collect();
@@ -817,8 +817,17 @@ impl Primary {
         let w = self.workers.remove(&key).expect("reaped worker is known");
         self.accepting.dirty = true;
         let expected = w.asked_to_exit || self.shutting_down;
-        self.events.push_back(Event::Exit { id: w.id, pid: w.pid(), status: exit, expected });
-        self.after_exit(key, &w, exit, expected);
+        let (id, pid) = (w.id, w.pid());
+        self.events.push_back(Event::Exit { id, pid, status: exit, expected });
+        // Its pidfd and control channel close here, before `after_exit` forks a replacement:
+        // a descriptor still open in a local would be inherited by the child, which never
+        // closes it — and a pidfd left registered in the primary's epoll, open in the child,
+        // would report readiness for ever.
+        if let Some(io) = &self.io {
+            let _ = io.epoll.delete(&w.child);
+        }
+        drop(w);
+        self.after_exit(key, id, pid, exit, expected);
     }
 }
 

@@ -34,7 +34,6 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::Primary;
-use super::WorkerHandle;
 use crate::Event;
 use crate::channel::Message;
 use crate::config::MAX_WORKERS;
@@ -157,32 +156,28 @@ impl Primary {
     }
 
     /// Called for every reaped worker, after its `Exit` event.
-    pub(super) fn after_exit(&mut self, key: u64, w: &WorkerHandle, status: WorkerExit, expected: bool) {
+    pub(super) fn after_exit(&mut self, key: u64, id: usize, pid: u32, status: WorkerExit, expected: bool) {
         if !expected && !self.gave_up && !self.restarts.allow(Instant::now()) {
             self.gave_up = true;
             self.events.push_back(Event::GaveUp { restarts: self.restarts.times.len(), within: self.restarts.window });
             self.begin_shutdown(0, true);
         }
         let failed_reload = self.reload.as_mut().is_some_and(|reload| {
-            let waited = reload.waiting.get(&w.id) == Some(&key);
+            let waited = reload.waiting.get(&id) == Some(&key);
             if waited {
-                reload.waiting.remove(&w.id);
-                reload.failures.push(format!(
-                    "worker {} (pid {}) exited with {status} before listening",
-                    w.id,
-                    w.pid()
-                ));
+                reload.waiting.remove(&id);
+                reload.failures.push(format!("worker {id} (pid {pid}) exited with {status} before listening"));
             }
             waited
         });
         if failed_reload {
-            self.reload_slot_failed(w.id);
+            self.reload_slot_failed(id);
             self.finish_reload_if_done();
         } else {
-            self.refill(w.id);
+            self.refill(id);
         }
-        if w.id >= self.target && !self.workers.values().any(|o| o.id == w.id) {
-            self.close_slot_listener(w.id);
+        if id >= self.target && !self.workers.values().any(|o| o.id == id) {
+            self.close_slot_listener(id);
         }
     }
 

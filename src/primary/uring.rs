@@ -85,11 +85,12 @@ impl PrimaryRing {
     }
 
     /// Cancels listener `id`'s accept. Connections it took before the cancellation still come.
+    /// If the cancellation cannot be queued, the accept stays on the books (and armed).
     pub(super) fn disarm_accept(&mut self, id: usize) -> io::Result<()> {
-        match self.accepts.remove(&id) {
-            Some((op, _)) => self.ring.cancel(op),
-            None => Ok(()),
-        }
+        let Some(&(op, _)) = self.accepts.get(&id) else { return Ok(()) };
+        self.ring.cancel(op)?;
+        self.accepts.remove(&id);
+        Ok(())
     }
 }
 
@@ -114,6 +115,7 @@ impl Primary {
         };
         let n = completions.len();
         let mut accepted: Vec<OwnedFd> = Vec::new();
+        let mut epoll_ready = false;
         for completion in completions.drain(..) {
             match completion {
                 Completion::Accepted { tag, result, more } => self.on_ring_accept(tag, result, more, &mut accepted),
@@ -124,11 +126,7 @@ impl Primary {
                     if let Err(e) = result {
                         self.warn(format!("io_uring: polling the primary's epoll instance: {e}"));
                     }
-                    let mut ready = std::mem::take(&mut self.ready);
-                    self.io().epoll.wait(&mut ready, Some(Duration::ZERO))?;
-                    let result = self.dispatch_ready(&ready);
-                    self.ready = ready;
-                    result?;
+                    epoll_ready = true;
                 }
                 other if crate::mode::handoff::uring::owns(other.tag()) => {
                     if let Some(d) = &mut self.dispatcher {
@@ -148,6 +146,18 @@ impl Primary {
         if !accepted.is_empty() {
             self.counters.bump_primary(PrimaryCounter::Accepted, accepted.len() as u64);
             self.hand_on_accepted(accepted);
+        }
+        // What the epoll instance reports (signals, exits, messages) comes last: acting on it
+        // may fork (a replacement, a reload, a scale-up), and a fork copies every descriptor
+        // open at the time — connections still in a local here would stay open in the child
+        // for its whole life. By now every one of them is the dispatcher's (which a forked
+        // child drops).
+        if epoll_ready {
+            let mut ready = std::mem::take(&mut self.ready);
+            let result =
+                self.io().epoll.wait(&mut ready, Some(Duration::ZERO)).and_then(|_| self.dispatch_ready(&ready));
+            self.ready = ready;
+            result?;
         }
         self.after_turn()?;
         Ok(n)

@@ -12,18 +12,25 @@
 //! its slot's, first thing after `fork`. Until then nothing is counted.
 
 use std::ptr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use super::shm::SharedRegion;
 
 /// The cell this process counts into, or null.
 static CELL: AtomicPtr<AtomicU64> = AtomicPtr::new(ptr::null_mut());
 
-/// Every region `CELL` has pointed into, kept mapped for the life of the process: a thread
-/// that loaded the pointer just before it changed may still bump the old cell. A process holds
-/// one region per primary it started (a page each); its workers share their primary's.
-static KEEP: Mutex<Vec<Arc<SharedRegion>>> = Mutex::new(Vec::new());
+/// Every region `CELL` has pointed into, kept mapped for the life of the process: a thread that
+/// loaded the pointer just before it changed may still bump the old cell. A process holds one
+/// region per primary it started (a page each); its workers share their primary's. A list that
+/// only grows, pushed to without a lock: `count_into` runs right after `fork`, where a lock
+/// another thread held would stay held for ever.
+static KEPT: AtomicPtr<Kept> = AtomicPtr::new(ptr::null_mut());
+
+struct Kept {
+    region: Arc<SharedRegion>,
+    next: *mut Kept,
+}
 
 /// From now on, this process counts its system calls in `region`'s line `line`, cell `cell`.
 ///
@@ -31,11 +38,34 @@ static KEEP: Mutex<Vec<Arc<SharedRegion>>> = Mutex::new(Vec::new());
 /// If `line` or `cell` is outside the region.
 pub fn count_into(region: &Arc<SharedRegion>, line: usize, cell: usize) {
     let target: *const AtomicU64 = &region.lines()[line].0[cell];
-    let mut keep = KEEP.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if !keep.iter().any(|r| Arc::ptr_eq(r, region)) {
-        keep.push(Arc::clone(region));
+    let mut head = KEPT.load(Ordering::Acquire);
+    if !kept(head, region) {
+        let node = Box::into_raw(Box::new(Kept { region: Arc::clone(region), next: head }));
+        loop {
+            match KEPT.compare_exchange(head, node, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(now) => {
+                    head = now;
+                    // SAFETY: `node` came from `Box::into_raw` above and is not shared yet.
+                    unsafe { (*node).next = head };
+                }
+            }
+        }
     }
     CELL.store(target.cast_mut(), Ordering::Release);
+}
+
+/// Whether the list from `node` holds `region`.
+fn kept(mut node: *mut Kept, region: &Arc<SharedRegion>) -> bool {
+    while !node.is_null() {
+        // SAFETY: the list's nodes are leaked boxes, never freed or changed once pushed.
+        let k = unsafe { &*node };
+        if Arc::ptr_eq(&k.region, region) {
+            return true;
+        }
+        node = k.next;
+    }
+    false
 }
 
 /// Counts `n` system calls.
@@ -43,7 +73,7 @@ pub fn count_into(region: &Arc<SharedRegion>, line: usize, cell: usize) {
 pub fn count(n: u64) {
     let cell = CELL.load(Ordering::Acquire);
     if !cell.is_null() {
-        // SAFETY: a non-null `CELL` points into a region in `KEEP`, which is never emptied, so
+        // SAFETY: a non-null `CELL` points into a region in `KEPT`, which is never emptied, so
         // the mapping outlives every use; the cell is an `AtomicU64`, shared only through `&`.
         unsafe { &*cell }.fetch_add(n, Ordering::Relaxed);
     }

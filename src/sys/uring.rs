@@ -123,12 +123,18 @@ enum Op {
         tag: u64,
         multishot: bool,
     },
-    /// `close_sent`: linked closes of `fds` follow it in the ring.
+    /// `closes`: the slot of the [`Op::Closing`] that ends the chain of closes linked to it.
     Send {
         tag: u64,
         _buffers: Box<SendBuffers>,
         fds: Vec<OwnedFd>,
-        close_sent: bool,
+        closes: Option<usize>,
+    },
+    /// The last close of a successful send's chain: until its completion, the descriptors
+    /// being closed stay here (owned, never closed again by herd) — so a process forked
+    /// meanwhile closes its copies when it drops the ring, rather than inherit them for ever.
+    Closing {
+        fds: Vec<OwnedFd>,
     },
     Recv {
         tag: u64,
@@ -294,7 +300,9 @@ impl Ring {
     fn push(&mut self, entry: squeue::Entry, op: Op) -> Result<u64, (io::Error, Op)> {
         let slot = self.slot(op);
         let entry = entry.user_data(slot);
-        loop {
+        // A full queue is submitted to make room; a kernel that takes nothing (`EBUSY`: its
+        // completion queue overflowed) is given a few tries, then the operation is refused.
+        for _ in 0..8 {
             // SAFETY: every pointer the entry carries points into `self.ops[slot]` (boxed, so
             // at a stable address) or is a descriptor the caller keeps open; the operation stays
             // in the table until its last completion, so nothing it refers to is freed before
@@ -303,11 +311,17 @@ impl Ring {
                 return Ok(slot);
             }
             if let Err(e) = self.submit() {
-                self.free.push(slot as usize);
-                let op = self.ops[slot as usize].take().expect("the operation just stored");
-                return Err((e, op));
+                return Err((e, self.unslot(slot)));
             }
         }
+        let full = io::Error::new(io::ErrorKind::WouldBlock, "io_uring: the submission queue stays full");
+        Err((full, self.unslot(slot)))
+    }
+
+    /// Takes back the operation in `slot`, which never reached the kernel.
+    fn unslot(&mut self, slot: u64) -> Op {
+        self.free.push(slot as usize);
+        self.ops[slot as usize].take().expect("the operation just stored")
     }
 
     /// `IORING_OP_ACCEPT` (`accept4(SOCK_CLOEXEC | SOCK_NONBLOCK)`) on `listener`, multishot or
@@ -400,27 +414,39 @@ impl Ring {
             entry = entry.flags(squeue::Flags::IO_LINK);
         }
         let raw: Vec<RawFd> = if close_sent { fds.iter().map(AsRawFd::as_raw_fd).collect() } else { Vec::new() };
-        let id =
-            self.push(entry, Op::Send { tag, _buffers: buffers, fds, close_sent }).map_err(|(e, op)| match op {
-                Op::Send { fds, .. } => (e, fds),
-                _ => (e, Vec::new()),
-            })?;
-        for (i, fd) in raw.iter().enumerate() {
-            let mut flags = squeue::Flags::SKIP_SUCCESS;
-            if i + 1 < raw.len() {
-                flags |= squeue::Flags::IO_LINK;
+        let closes = close_sent.then(|| self.slot(Op::Closing { fds: Vec::new() }) as usize);
+        let pushed = self.push(entry, Op::Send { tag, _buffers: buffers, fds, closes });
+        let id = match pushed {
+            Ok(id) => id,
+            Err((e, op)) => {
+                if let Some(slot) = closes {
+                    self.ops[slot] = None;
+                    self.free.push(slot);
+                }
+                return Err(match op {
+                    Op::Send { fds, .. } => (e, fds),
+                    _ => (e, Vec::new()),
+                });
             }
-            // No operation of its own: a close that succeeds posts nothing, and one that was
-            // cancelled (the send failed) posts a completion nobody's user data names.
-            let close = opcode::Close::new(types::Fd(*fd)).build().flags(flags).user_data(NOBODY);
-            // SAFETY: the descriptor stays open until this close runs: it is owned by the send's
-            // entry in the operation table, which is only given up when the send completes — and
-            // a successful send's completion forgets it rather than closing it again.
+        };
+        for (i, fd) in raw.iter().enumerate() {
+            // The send's link is soft: a failed send cancels every close. The closes' links are
+            // hard: each runs whatever the one before it did. Only the last posts a completion.
+            let close = opcode::Close::new(types::Fd(*fd)).build();
+            let close = if i + 1 < raw.len() {
+                close.flags(squeue::Flags::IO_HARDLINK | squeue::Flags::SKIP_SUCCESS).user_data(NOBODY)
+            } else {
+                close.user_data(closes.expect("a chain has its closing slot") as u64)
+            };
+            // SAFETY: each descriptor stays open until its close runs: it is owned by the send's
+            // entry in the operation table, then by the chain's `Op::Closing`, which forgets it
+            // (never closes it again) once the chain's last close has completed.
             let pushed = unsafe { self.ring.submission().push(&close) };
             debug_assert!(pushed.is_ok(), "room was made for the whole chain");
         }
         if options.nonblocking {
-            self.completes_inline += 1;
+            // The send completes within the submitting call, and so does its chain's last close.
+            self.completes_inline += if close_sent { 2 } else { 1 };
         }
         Ok(id)
     }
@@ -463,8 +489,9 @@ impl Ring {
         self.push(opcode::AsyncCancel::new(id).build(), Op::Cancel).map(drop).map_err(|(e, _)| e)
     }
 
-    /// Corresponds to `io_uring_enter(2)`: submits what is queued. Retries `EINTR`; `EBUSY` and
-    /// `EAGAIN` (the completion queue is full) leave it for the next call.
+    /// Corresponds to `io_uring_enter(2)`: submits what is queued (and runs the kernel's work
+    /// deferred to this call). An interruption (`EINTR`), `EBUSY` and `EAGAIN` (the completion
+    /// queue is full) leave what was not submitted for the next call.
     pub fn submit(&mut self) -> io::Result<()> {
         self.enter(0, None, None)
     }
@@ -571,21 +598,30 @@ impl Ring {
                     }
                     out.push(Completion::Accepted { tag, result, more });
                 }
-                Op::Send { tag, fds, close_sent, .. } => {
+                Op::Send { tag, fds, closes, .. } => {
                     self.free.push(slot);
                     let count = fds.len();
                     let result = if res < 0 { Err(errno(res)) } else { Ok(res as usize) };
-                    let fds = if close_sent && result.is_ok() {
-                        // The linked closes have closed them (or will, before anything else
-                        // runs in this process's ring): forget them, never close them again.
-                        for fd in fds {
-                            let _ = fd.into_raw_fd();
+                    let fds = match closes {
+                        // Sent: the linked closes close them; until the last has, the chain's
+                        // slot holds them.
+                        Some(closing) if result.is_ok() => {
+                            self.ops[closing] = Some(Op::Closing { fds });
+                            Vec::new()
                         }
-                        Vec::new()
-                    } else {
-                        fds
+                        // Not sent: the closes were cancelled; the descriptors are open, and
+                        // go back to the caller.
+                        _ => fds,
                     };
                     out.push(Completion::Sent { tag, result, fds, count });
+                }
+                Op::Closing { fds } => {
+                    self.free.push(slot);
+                    // The chain has run: the kernel closed them (or, the send having failed,
+                    // cancelled the closes, and the caller got them back: `fds` is empty).
+                    for fd in fds {
+                        let _ = fd.into_raw_fd();
+                    }
                 }
                 Op::Recv { tag, buffer } => {
                     self.free.push(slot);
@@ -642,9 +678,17 @@ impl Drop for Ring {
             self.completions(&mut done);
             done.clear();
         }
+        // Whatever the kernel may still be using is leaked rather than freed or closed twice: a
+        // receive's buffer, a send's buffers and descriptors, a chain's descriptors.
         for op in self.ops.drain(..).flatten() {
-            if let Op::Recv { buffer, .. } = op {
-                std::mem::forget(buffer);
+            match op {
+                Op::Recv { buffer, .. } => std::mem::forget(buffer),
+                Op::Send { _buffers, fds, .. } => {
+                    std::mem::forget(_buffers);
+                    std::mem::forget(fds);
+                }
+                Op::Closing { fds } => std::mem::forget(fds),
+                _ => {}
             }
         }
     }

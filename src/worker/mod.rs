@@ -384,6 +384,8 @@ impl Worker {
             // full buffer of the user's own readiness may hide herd's: look again.)
             let (ours, all) = self.epoll_wait(Some(Duration::ZERO))?;
             if ours == 0 && all < MAX_EVENTS {
+                // The caller's loop waits on the worker's descriptor next.
+                self.before_wait()?;
                 return Ok(None);
             }
         }

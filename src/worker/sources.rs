@@ -22,6 +22,9 @@ impl Worker {
     /// token, so that waits the user does not collect cannot pile it up). Returns how many of
     /// herd's own sources were ready.
     pub(super) fn epoll_wait(&mut self, timeout: Option<Duration>) -> io::Result<(usize, usize)> {
+        if timeout != Some(Duration::ZERO) {
+            self.before_wait()?;
+        }
         let all = self.epoll.wait(&mut self.scratch, timeout)?;
         self.polled = false;
         let mut ours = 0;
@@ -72,6 +75,16 @@ impl Worker {
             self.on_timer()?;
         }
         self.send_warnings();
+        Ok(())
+    }
+
+    /// The worker is about to block (here, or in a foreign loop waiting on its descriptor): a
+    /// rearmed io_uring accept is armed now, not while the worker was busy.
+    pub(super) fn before_wait(&mut self) -> io::Result<()> {
+        #[cfg(feature = "io-uring")]
+        if let (State::Running, Accepting::Uring(uring)) = (self.state, &mut self.accepting) {
+            uring.before_wait()?;
+        }
         Ok(())
     }
 

@@ -252,7 +252,13 @@ pub fn assert_all_gone(pids: &[u32], within: Duration) {
 
 /// One `GET` with `Connection: close`; returns the body.
 pub fn get(target: &Target) -> std::io::Result<String> {
-    let request = b"GET / HTTP/1.1\r\nHost: herd\r\nConnection: close\r\n\r\n";
+    get_path(target, "/")
+}
+
+/// Like [`get`], for `path`.
+pub fn get_path(target: &Target, path: &str) -> std::io::Result<String> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: herd\r\nConnection: close\r\n\r\n");
+    let request = request.as_bytes();
     let mut response = Vec::new();
     match target {
         Target::Tcp(addr) => {

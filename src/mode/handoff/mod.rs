@@ -231,6 +231,12 @@ impl Dispatcher {
         self.queue.len()
     }
 
+    /// Every connection the primary took has reached a worker's lane: none is queued, and (on
+    /// io_uring) no send is still in the ring.
+    pub(crate) fn drained(&self) -> bool {
+        self.queue.is_empty() && !self.lanes.iter().any(|l| l.sending)
+    }
+
     /// Warnings since the last call.
     pub(crate) fn take_warnings(&mut self) -> Vec<String> {
         std::mem::take(&mut self.warnings)

@@ -95,10 +95,10 @@ impl Dispatcher {
         let mut done = Vec::new();
         for (i, r) in lanes.retired.iter_mut().enumerate() {
             if !r.cancelled {
-                r.cancelled = true;
-                for op in [lanes.recv.get(&r.key), lanes.room.get(&r.key)].into_iter().flatten() {
-                    let _ = ring.cancel(*op);
-                }
+                // Cancelled once every cancellation is queued; one that is not is tried again
+                // at the next flush.
+                let ops = [lanes.recv.get(&r.key), lanes.room.get(&r.key)];
+                r.cancelled = ops.into_iter().flatten().all(|op| ring.cancel(*op).is_ok());
             }
             if !r.sending && !lanes.recv.contains_key(&r.key) && !lanes.room.contains_key(&r.key) {
                 done.push(i);
