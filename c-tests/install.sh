@@ -61,7 +61,8 @@ build_shared() {
 }
 check "hello_server.c built with \$(pkg-config --cflags --libs herd)" build_shared
 linked_shared() {
-    ldd "$prefix/hello" | grep -q "libherd.so.0 => $prefix/lib/libherd.so.0"
+    ldd "$prefix/hello" >"$prefix/ldd" 2>&1
+    grep -q "libherd.so.0 => $prefix/lib/libherd.so.0" "$prefix/ldd" || { cat "$prefix/ldd"; return 1; }
 }
 check "ldd: libherd.so.0 from PREFIX" linked_shared
 
@@ -84,8 +85,11 @@ run_once() {
         [ -n "$addr" ] && break
         sleep 0.1
     done
-    [ -n "$addr" ] || return 1
-    exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}" || return 1
+    if [ -z "$addr" ] || ! exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}"; then
+        echo "   no connection to \"$addr\"; its output:"
+        cat "$prefix/out" "$prefix/err"
+        return 1
+    fi
     printf 'GET / HTTP/1.1\r\nHost: herd\r\nConnection: close\r\n\r\n' >&3
     local answered=no
     while read -r -t 5 line <&3; do
