@@ -1,7 +1,9 @@
 /* herd_worker_retire: a worker announces its exit; the primary reports HERD_EVENT_RETIRING, forks
  * the replacement into the same slot at once, and counts the exit as expected.
  *
- * 1. Asked by a message, a worker in its own poll loop retires, gets HERD_WORKER_STOP, returns.
+ * 1. Asked by a message, a worker in its own poll loop retires, gets HERD_WORKER_STOP, returns
+ *    — while a child process of the program holds copies of all of herd's descriptors, which
+ *    must not keep herd_primary_next_event from returning at its timeout.
  * 2. Under load, blocking workers retire after every 50 connections (as a server that recycles
  *    its workers does): not one request fails, every retirement is replaced, nothing counts as
  *    a crash, and the slots' counters (cumulative over their workers) add up. */
@@ -79,13 +81,36 @@ static void asked_by_a_message(void) {
     int first = find_event(&log_, 0, HERD_EVENT_LISTENING, -1);
     int32_t pid = log_.e[first].pid, slot = log_.e[first].worker;
 
+    /* A child that keeps every descriptor it inherited (the retiring worker's pidfd and channel
+     * among them) until it is killed. */
+    fflush(stdout);
+    pid_t holder = fork();
+    if (holder == 0) {
+        alarm(20);
+        pause();
+        _exit(0);
+    }
     int from = log_.n;
     CHECK(herd_primary_send(p, (uint32_t)pid, "retire", 6, NULL, 0) == 0, "asked worker %d (pid %d) to retire", slot,
           pid);
-    int64_t deadline = now_ms() + 10000;
+    int64_t deadline = now_ms() + 10000, slowest = 0;
     while (now_ms() < deadline && (find_event(&log_, from, HERD_EVENT_EXIT, pid) < 0 ||
-                                   count_events(&log_, from, HERD_EVENT_LISTENING) < 1))
-        pump_until(p, &log_, HERD_EVENT_EXIT, 100);
+                                   count_events(&log_, from, HERD_EVENT_LISTENING) < 1)) {
+        herd_event e;
+        int64_t t = now_ms();
+        if (herd_primary_next_event(p, &e, 20) == 1) record_event(&log_, &e);
+        if (now_ms() - t > slowest) slowest = now_ms() - t;
+    }
+    for (int i = 0; i < 10; i++) { /* and after the exit, with the holder still alive */
+        herd_event e;
+        int64_t t = now_ms();
+        if (herd_primary_next_event(p, &e, 20) == 1) record_event(&log_, &e);
+        if (now_ms() - t > slowest) slowest = now_ms() - t;
+    }
+    CHECK(slowest < 1000, "herd_primary_next_event(p, &e, 20) took at most %" PRId64 " ms, a child holding herd's "
+          "descriptors meanwhile", slowest);
+    kill(holder, SIGKILL);
+    waitpid(holder, NULL, 0);
     int retiring = find_event(&log_, from, HERD_EVENT_RETIRING, pid);
     int fork_ = find_event(&log_, retiring < 0 ? from : retiring, HERD_EVENT_FORK, -1);
     int exit_ = find_event(&log_, from, HERD_EVENT_EXIT, pid);
