@@ -29,13 +29,16 @@ test:
 	$(MAKE) c-test
 
 ## The C ABI (capi/): libherd.a, libherd.so (soname libherd.so.MAJOR), include/herd.h and
-## herd.pc, staged in target/capi/ for PREFIX; `make install PREFIX=...` copies them there.
+## herd.pc, staged in target/capi/; `make install PREFIX=...` puts them under PREFIX.
 PREFIX ?= /usr/local
 CAPI_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' capi/Cargo.toml | head -n 1)
 CAPI_MAJOR := $(firstword $(subst ., ,$(CAPI_VERSION)))
 CAPI_DIR := target/capi
 # What a static libherd.a needs besides (`rustc --print native-static-libs`).
 CAPI_PRIVATE_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
+# herd.pc for a prefix: the staged one points at target/capi (PKG_CONFIG_PATH=target/capi/lib/
+# pkgconfig builds against the tree), the installed one at PREFIX.
+herd_pc = sed -e 's|@PREFIX@|$(1)|' -e 's|@VERSION@|$(CAPI_VERSION)|' -e 's|@PRIVATE_LIBS@|$(CAPI_PRIVATE_LIBS)|' capi/herd.pc.in
 capi:
 	$(CARGO) build --release -p herd-capi
 	mkdir -p $(CAPI_DIR)/lib/pkgconfig $(CAPI_DIR)/include
@@ -44,8 +47,7 @@ capi:
 	ln -sf libherd.so.$(CAPI_VERSION) $(CAPI_DIR)/lib/libherd.so.$(CAPI_MAJOR)
 	ln -sf libherd.so.$(CAPI_MAJOR) $(CAPI_DIR)/lib/libherd.so
 	cp include/herd.h $(CAPI_DIR)/include/herd.h
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(CAPI_VERSION)|' -e 's|@PRIVATE_LIBS@|$(CAPI_PRIVATE_LIBS)|' \
-		capi/herd.pc.in > $(CAPI_DIR)/lib/pkgconfig/herd.pc
+	$(call herd_pc,$(abspath $(CAPI_DIR))) > $(CAPI_DIR)/lib/pkgconfig/herd.pc
 
 install: capi
 	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include
@@ -54,7 +56,8 @@ install: capi
 	ln -sf libherd.so.$(CAPI_VERSION) $(DESTDIR)$(PREFIX)/lib/libherd.so.$(CAPI_MAJOR)
 	ln -sf libherd.so.$(CAPI_MAJOR) $(DESTDIR)$(PREFIX)/lib/libherd.so
 	install -m 644 include/herd.h $(DESTDIR)$(PREFIX)/include/herd.h
-	install -m 644 $(CAPI_DIR)/lib/pkgconfig/herd.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/herd.pc
+	$(call herd_pc,$(PREFIX)) > $(DESTDIR)$(PREFIX)/lib/pkgconfig/herd.pc
+	chmod 644 $(DESTDIR)$(PREFIX)/lib/pkgconfig/herd.pc
 
 ## Regenerates include/herd.h from capi/src (cbindgen); `make lint` fails while it is stale.
 header:

@@ -166,7 +166,7 @@ typedef struct {
   // Its slot, 0 to N-1.
   uint32_t worker;
   // Its pid.
-  uint32_t pid;
+  int32_t pid;
   // Its generation: 0, then one more per reload.
   uint64_t generation;
   // Its channel is open (1) or closed (0).
@@ -255,6 +255,13 @@ int herd_builder_reload_timeout(herd_builder *builder, uint64_t ms);
 // `_scale`.
 int herd_builder_handle_signals(herd_builder *builder, int on);
 
+// Lets `herd_start` (and every later fork: a restart, a reload) fork a process that has other
+// threads (non-zero). By default herd refuses (`-ENOTSUP`): a fork copies only the calling
+// thread, and a lock another thread held at that moment — the allocator's, stdio's, the
+// program's own — stays locked in the child for ever. Turn this on only if no other thread
+// can hold such a lock while herd forks.
+int herd_builder_allow_threads(herd_builder *builder, int on);
+
 // `TCP_DEFER_ACCEPT`: a connection is accepted once its first bytes have arrived (non-zero) or
 // at once (0, the default).
 int herd_builder_defer_accept(herd_builder *builder, int on);
@@ -316,25 +323,27 @@ const char *herd_primary_backend(herd_primary *primary);
 //
 // Returns 0; `-ESRCH` if `pid` is no live worker; `-EINVAL` for too many bytes; `-EPIPE` if
 // its channel is closed.
-int herd_primary_send(herd_primary *primary, uint32_t pid, const void *data, size_t len, const int *fds, size_t nfds);
+int herd_primary_send(herd_primary *primary, int32_t pid, const void *data, size_t len, const int *fds, size_t nfds);
 
 // Sends `len` bytes to every connected worker; returns how many it reached.
 int herd_primary_broadcast(herd_primary *primary, const void *data, size_t len);
 
 // Asks the worker `pid` to stop taking connections, finish its open ones and exit (Node's
 // `worker.disconnect()`); it is not replaced. Returns 0 or `-ESRCH`.
-int herd_primary_disconnect(herd_primary *primary, uint32_t pid);
+int herd_primary_disconnect(herd_primary *primary, int32_t pid);
 
 // Sends `signal` to the worker `pid`. A signal that ends it makes its exit expected (it is not
 // replaced); one it survives (`SIGUSR1` to reopen logs, say) changes nothing. Returns 0 or
 // `-ESRCH`.
-int herd_primary_kill(herd_primary *primary, uint32_t pid, int signal);
+int herd_primary_kill(herd_primary *primary, int32_t pid, int signal);
 
 // A rolling reload, as `SIGHUP` does: a new generation is forked, and each old worker retired
-// once its replacement listens. The `HERD_EVENT_RELOAD_*` events follow.
+// once its replacement listens. The `HERD_EVENT_RELOAD_*` events follow. Returns 0, or
+// `-EINVAL` once the cluster has shut down.
 int herd_primary_reload(herd_primary *primary);
 
 // Sets the number of workers to `workers` (1 to 1024), forking or retiring the difference.
+// Returns 0, or `-EINVAL` for a number out of range or a cluster that has shut down.
 int herd_primary_scale(herd_primary *primary, uint32_t workers);
 
 // Begins a shutdown: graceful (non-zero: the workers finish their connections and exit, and
@@ -377,7 +386,7 @@ void herd_worker_ready(herd_worker *worker);
 // Returns 1 with `*event` filled, 0 if none came in time, or a negative errno. A connection's
 // descriptor is non-blocking and the program's to close; what a message points to is valid
 // until the next call on `worker`. After `HERD_WORKER_STOP`, finish the open connections and
-// return from the callback.
+// return from the callback; every later call returns `HERD_WORKER_STOP` again, at once.
 int herd_worker_next_event(herd_worker *worker, herd_worker_event *event, int64_t timeout_ms);
 
 // The blocking way: waits for the next connection and returns 1 with its descriptor — in
@@ -391,7 +400,8 @@ int herd_worker_accept(herd_worker *worker, int *fd);
 int herd_worker_take_message(herd_worker *worker, herd_worker_event *event);
 
 // Sends `len` bytes (at most 65 528), and `nfds` descriptors (duplicated into the primary; the
-// program keeps its own), to the primary, which reports a `HERD_EVENT_MESSAGE`.
+// program keeps its own), to the primary, which reports a `HERD_EVENT_MESSAGE`. Blocks while
+// the channel is full — the primary has not yet read earlier messages.
 int herd_worker_send(herd_worker *worker, const void *data, size_t len, const int *fds, size_t nfds);
 
 // "I am about to exit": the primary forks this worker's replacement at once and does not count

@@ -161,6 +161,16 @@ pub extern "C" fn herd_builder_handle_signals(builder: *mut herd_builder, on: c_
     guard("herd_builder_handle_signals", || with(builder, |b| b.handle_signals(on != 0)))
 }
 
+/// Lets `herd_start` (and every later fork: a restart, a reload) fork a process that has other
+/// threads (non-zero). By default herd refuses (`-ENOTSUP`): a fork copies only the calling
+/// thread, and a lock another thread held at that moment — the allocator's, stdio's, the
+/// program's own — stays locked in the child for ever. Turn this on only if no other thread
+/// can hold such a lock while herd forks.
+#[unsafe(no_mangle)]
+pub extern "C" fn herd_builder_allow_threads(builder: *mut herd_builder, on: c_int) -> c_int {
+    guard("herd_builder_allow_threads", || with(builder, |b| b.allow_threads(on != 0)))
+}
+
 /// `TCP_DEFER_ACCEPT`: a connection is accepted once its first bytes have arrived (non-zero) or
 /// at once (0, the default).
 #[unsafe(no_mangle)]

@@ -62,7 +62,7 @@ pub struct herd_worker_info {
     /// Its slot, 0 to N-1.
     pub worker: u32,
     /// Its pid.
-    pub pid: u32,
+    pub pid: i32,
     /// Its generation: 0, then one more per reload.
     pub generation: u64,
     /// Its channel is open (1) or closed (0).
@@ -217,6 +217,11 @@ pub(crate) fn borrowed_fds<'a>(fds: *const c_int, nfds: usize) -> io::Result<Vec
         .collect()
 }
 
+/// A pid from C (`pid_t`): positive.
+fn pid_of(pid: i32) -> io::Result<u32> {
+    u32::try_from(pid).ok().filter(|&p| p > 0).ok_or_else(|| invalid(format!("pid {pid}")))
+}
+
 /// `len` bytes at `data` (NULL allowed when `len` is 0).
 pub(crate) fn bytes<'a>(data: *const c_void, len: usize) -> io::Result<&'a [u8]> {
     if len == 0 {
@@ -237,7 +242,7 @@ pub(crate) fn bytes<'a>(data: *const c_void, len: usize) -> io::Result<&'a [u8]>
 #[unsafe(no_mangle)]
 pub extern "C" fn herd_primary_send(
     primary: *mut herd_primary,
-    pid: u32,
+    pid: i32,
     data: *const c_void,
     len: usize,
     fds: *const c_int,
@@ -245,7 +250,7 @@ pub extern "C" fn herd_primary_send(
 ) -> c_int {
     guard("herd_primary_send", || {
         let p = handle(primary)?;
-        p.primary.send_with_fds(pid, bytes(data, len)?, &borrowed_fds(fds, nfds)?)?;
+        p.primary.send_with_fds(pid_of(pid)?, bytes(data, len)?, &borrowed_fds(fds, nfds)?)?;
         Ok(0)
     })
 }
@@ -263,9 +268,9 @@ pub extern "C" fn herd_primary_broadcast(primary: *mut herd_primary, data: *cons
 /// Asks the worker `pid` to stop taking connections, finish its open ones and exit (Node's
 /// `worker.disconnect()`); it is not replaced. Returns 0 or `-ESRCH`.
 #[unsafe(no_mangle)]
-pub extern "C" fn herd_primary_disconnect(primary: *mut herd_primary, pid: u32) -> c_int {
+pub extern "C" fn herd_primary_disconnect(primary: *mut herd_primary, pid: i32) -> c_int {
     guard("herd_primary_disconnect", || {
-        handle(primary)?.primary.disconnect(pid)?;
+        handle(primary)?.primary.disconnect(pid_of(pid)?)?;
         Ok(0)
     })
 }
@@ -274,30 +279,45 @@ pub extern "C" fn herd_primary_disconnect(primary: *mut herd_primary, pid: u32) 
 /// replaced); one it survives (`SIGUSR1` to reopen logs, say) changes nothing. Returns 0 or
 /// `-ESRCH`.
 #[unsafe(no_mangle)]
-pub extern "C" fn herd_primary_kill(primary: *mut herd_primary, pid: u32, signal: c_int) -> c_int {
+pub extern "C" fn herd_primary_kill(primary: *mut herd_primary, pid: i32, signal: c_int) -> c_int {
     guard("herd_primary_kill", || {
-        handle(primary)?.primary.kill(pid, signal)?;
+        handle(primary)?.primary.kill(pid_of(pid)?, signal)?;
         Ok(0)
     })
 }
 
 /// A rolling reload, as `SIGHUP` does: a new generation is forked, and each old worker retired
-/// once its replacement listens. The `HERD_EVENT_RELOAD_*` events follow.
+/// once its replacement listens. The `HERD_EVENT_RELOAD_*` events follow. Returns 0, or
+/// `-EINVAL` once the cluster has shut down.
 #[unsafe(no_mangle)]
 pub extern "C" fn herd_primary_reload(primary: *mut herd_primary) -> c_int {
     guard("herd_primary_reload", || {
-        handle(primary)?.primary.reload()?;
+        running(primary)?.primary.reload()?;
         Ok(0)
     })
 }
 
 /// Sets the number of workers to `workers` (1 to 1024), forking or retiring the difference.
+/// Returns 0, or `-EINVAL` for a number out of range or a cluster that has shut down.
 #[unsafe(no_mangle)]
 pub extern "C" fn herd_primary_scale(primary: *mut herd_primary, workers: u32) -> c_int {
     guard("herd_primary_scale", || {
-        handle(primary)?.primary.scale(workers as usize)?;
+        let p = running(primary)?;
+        if workers == 0 || workers as usize > herd_rs::MAX_WORKERS {
+            return Err(invalid(format!("{workers} workers: expected 1 to {}", herd_rs::MAX_WORKERS)));
+        }
+        p.primary.scale(workers as usize)?;
         Ok(0)
     })
+}
+
+/// The primary, unless its cluster has shut down (`herd_primary_finished`).
+fn running<'a>(p: *mut herd_primary) -> io::Result<&'a mut herd_primary> {
+    let p = handle(p)?;
+    if p.primary.is_finished() {
+        return Err(invalid("the cluster has shut down"));
+    }
+    Ok(p)
 }
 
 /// Begins a shutdown: graceful (non-zero: the workers finish their connections and exit, and
@@ -379,7 +399,7 @@ pub extern "C" fn herd_primary_workers(
         for (i, w) in workers.iter().take(capacity).enumerate() {
             let info = herd_worker_info {
                 worker: w.id as u32,
-                pid: w.pid,
+                pid: i32::try_from(w.pid).unwrap_or(i32::MAX),
                 generation: w.generation,
                 connected: w.connected.into(),
                 listening: w.listening.into(),

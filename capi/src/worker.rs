@@ -24,11 +24,13 @@ pub struct herd_worker {
     ready: Vec<herd_rs::Ready>,
     /// Messages taken from the worker and not yet given to the program.
     messages: VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
+    /// `HERD_WORKER_STOP` was returned: it is returned again, at once, by every later call.
+    stopped: bool,
 }
 
 impl herd_worker {
     pub(crate) fn new(worker: &mut Worker) -> herd_worker {
-        herd_worker { worker, held: Held::default(), ready: Vec::new(), messages: VecDeque::new() }
+        herd_worker { worker, held: Held::default(), ready: Vec::new(), messages: VecDeque::new(), stopped: false }
     }
 }
 
@@ -36,6 +38,18 @@ type Parts<'a> = (&'a mut Worker, &'a mut Held, &'a mut Vec<herd_rs::Ready>);
 
 fn handle<'a>(w: *mut herd_worker) -> io::Result<Parts<'a>> {
     with_messages(w).map(|(worker, held, ready, _)| (worker, held, ready))
+}
+
+/// Whether `HERD_WORKER_STOP` was returned already (and, with `set`, that it is now).
+fn stopped(w: *mut herd_worker, set: bool) -> bool {
+    // SAFETY: as in `with_messages`: the handle the callback got, used from its thread.
+    match unsafe { w.as_mut() } {
+        Some(handle) => {
+            handle.stopped |= set;
+            handle.stopped
+        }
+        None => false,
+    }
 }
 
 #[allow(clippy::type_complexity)]
@@ -106,7 +120,7 @@ fn fill(event: WorkerEvent, held: &mut Held, out: &mut herd_worker_event, blocki
 /// Returns 1 with `*event` filled, 0 if none came in time, or a negative errno. A connection's
 /// descriptor is non-blocking and the program's to close; what a message points to is valid
 /// until the next call on `worker`. After `HERD_WORKER_STOP`, finish the open connections and
-/// return from the callback.
+/// return from the callback; every later call returns `HERD_WORKER_STOP` again, at once.
 #[unsafe(no_mangle)]
 pub extern "C" fn herd_worker_next_event(
     worker: *mut herd_worker,
@@ -114,13 +128,22 @@ pub extern "C" fn herd_worker_next_event(
     timeout_ms: i64,
 ) -> c_int {
     guard("herd_worker_next_event", || {
+        let already_stopped = stopped(worker, false);
         let (w, held, ready) = handle(worker)?;
         // SAFETY: the caller passes a writable struct, or NULL (refused).
         let out = unsafe { event.as_mut() }.ok_or_else(|| invalid("the event is NULL"))?;
+        if already_stopped {
+            *out = herd_worker_event::empty();
+            out.kind = HERD_WORKER_STOP;
+            return Ok(1);
+        }
         let deadline = crate::timeout(timeout_ms).map(|t| Instant::now() + t);
         loop {
             if let Some(e) = w.try_event()? {
                 fill(e, held, out, false)?;
+                if out.kind == HERD_WORKER_STOP {
+                    stopped(worker, true);
+                }
                 return Ok(1);
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -170,7 +193,8 @@ pub extern "C" fn herd_worker_take_message(worker: *mut herd_worker, event: *mut
 }
 
 /// Sends `len` bytes (at most 65 528), and `nfds` descriptors (duplicated into the primary; the
-/// program keeps its own), to the primary, which reports a `HERD_EVENT_MESSAGE`.
+/// program keeps its own), to the primary, which reports a `HERD_EVENT_MESSAGE`. Blocks while
+/// the channel is full — the primary has not yet read earlier messages.
 #[unsafe(no_mangle)]
 pub extern "C" fn herd_worker_send(
     worker: *mut herd_worker,

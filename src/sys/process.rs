@@ -180,7 +180,7 @@ pub fn fork_worker(check: ThreadCheck) -> io::Result<Forked> {
                 io::ErrorKind::Unsupported,
                 format!(
                     "fork: refusing to fork a process that has {threads} user threads; herd forks only from a \
-                     single-threaded primary (see Builder::allow_threads)"
+                     single-threaded primary (see Builder::allow_threads; herd_builder_allow_threads in C)"
                 ),
             ));
         }

@@ -17,6 +17,8 @@ use crate::stats::WorkerCounter;
 use crate::stream::Stream;
 use crate::sys::epoll::Interest;
 
+/// The most connections a stopping worker takes off its listener on the way out.
+const DRAIN_LIMIT: usize = 64;
 impl Worker {
     /// One `epoll_wait`: herd's readiness becomes pending work, the user's is kept (merged per
     /// token, so that waits the user does not collect cannot pile it up). Returns how many of
@@ -338,7 +340,10 @@ impl Worker {
         }
         self.state = State::Stopping;
         match std::mem::replace(&mut self.accepting, Accepting::Nothing) {
-            Accepting::Epoll(mut watch) => watch.disarm(&self.epoll)?,
+            Accepting::Epoll(mut watch) => {
+                watch.disarm(&self.epoll)?;
+                self.take_what_is_queued(&watch.listener);
+            }
             Accepting::Thread(acceptor) => {
                 acceptor.stop();
                 self.accepting = Accepting::Thread(acceptor);
@@ -348,19 +353,39 @@ impl Worker {
                 // What the ring accepted before the cancel is this worker's, like a connection
                 // `accept4` returned: it is served.
                 let mut taken = Vec::new();
-                let (_listener, spent) = uring.stop(&mut taken)?;
+                let (listener, spent) = uring.stop(&mut taken)?;
                 self.spent_ring = Some(spent);
                 for fd in taken {
                     self.counters.bump_worker(self.id, WorkerCounter::Accepts, 1);
                     let stream = Stream::new(fd, self.kind, self.counters.clone(), self.id);
                     self.events.push_back(WorkerEvent::Connection(stream));
                 }
+                self.take_what_is_queued(&listener);
             }
             Accepting::Nothing => {}
         }
         // Handoffs sent before the stop are this worker's to serve: read the lane to the end.
         self.pending.lane = self.lane.is_some();
         self.check_stopped()
+    }
+
+    /// Accepts what is queued on a listener this worker has just stopped waiting on (at most
+    /// [`DRAIN_LIMIT`]), to serve it before exiting. A shared listener wakes one waiter per
+    /// connection (`EPOLLEXCLUSIVE`, io_uring's accept): a wakeup this worker took just before it
+    /// stopped waiting would otherwise wake nobody, and its connection would wait for the next
+    /// one to arrive.
+    fn take_what_is_queued(&mut self, listener: &crate::listener::Listener) {
+        for _ in 0..DRAIN_LIMIT {
+            match accept::accept(listener) {
+                Accepted::Connection(fd) => {
+                    self.counters.bump_worker(self.id, WorkerCounter::Accepts, 1);
+                    let stream = Stream::new(fd, self.kind, self.counters.clone(), self.id);
+                    self.events.push_back(WorkerEvent::Connection(stream));
+                }
+                Accepted::Retry => {}
+                Accepted::Empty | Accepted::BackOff(_) | Accepted::Failed(_) => return,
+            }
+        }
     }
 
     /// Queues `Stop` once nothing more can come: the accept thread has ended and the lane
