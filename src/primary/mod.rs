@@ -355,7 +355,12 @@ impl Primary {
                 return Ok(None);
             }
             let wait = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if self.turn(wait)? == 0 && wait.is_some_and(|w| w.is_zero()) {
+            let ready = self.turn(wait)?;
+            // At the deadline, one turn is the last — unless it came back full, and more may be
+            // waiting: a host driving an edge-triggered loop must not be told "nothing" then.
+            // (A descriptor that stays ready without producing an event cannot hold the call
+            // past its timeout.)
+            if wait.is_some_and(|w| w.is_zero()) && ready < crate::sys::epoll::MAX_EVENTS {
                 return Ok(self.events.pop_front());
             }
         }
