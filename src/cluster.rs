@@ -7,7 +7,8 @@ use crate::accept::Backend;
 use crate::config::{Config, Heartbeat, MAX_WORKERS};
 use crate::listener::{BindOptions, UnixPath};
 use crate::mode::{self, Distribution, Mode};
-use crate::primary::{Bound, Primary};
+use crate::primary::{Bound, Primary, WorkerProgram};
+use crate::program::Program;
 use crate::stats::{Counters, Snapshot};
 use crate::worker::Worker;
 use crate::{Event, ListenAddr};
@@ -122,6 +123,16 @@ impl Builder {
         self
     }
 
+    /// Whether the primary tells the service manager that started it how the cluster is doing,
+    /// by the sd_notify protocol, when `NOTIFY_SOCKET` is set (default `false`): `READY=1` once
+    /// every worker listens, `RELOADING=1` and `READY=1` around a reload (systemd's
+    /// `Type=notify-reload`), `STOPPING=1` on shutdown, and `STATUS=` lines with the number of
+    /// workers listening. `herd serve` and `herd run` turn it on.
+    pub fn sd_notify(mut self, on: bool) -> Builder {
+        self.config.sd_notify = on;
+        self
+    }
+
     /// TCP only: accept connections only once the client has sent data (`TCP_DEFER_ACCEPT`, as
     /// nginx's `deferred`), so a worker wakes once per connection, with the request there.
     /// Default off.
@@ -227,7 +238,21 @@ impl Cluster {
         F: FnMut(&mut Worker) -> io::Result<()> + 'static,
     {
         let Cluster { config, local_addr, mode, unix_path, counters } = self;
-        Primary::start(Bound { config, local_addr, mode, unix_path, counters }, Box::new(worker_main))
+        Primary::start(
+            Bound { config, local_addr, mode, unix_path, counters },
+            WorkerProgram::Function(Box::new(worker_main)),
+        )
+    }
+
+    /// Starts every worker as `program`: `fork`, then `execve` (see [`crate::program`] for
+    /// what the program receives). A reload runs the program file anew, so a new binary or
+    /// script at its path is what the new generation runs.
+    ///
+    /// # Errors
+    /// As [`start`](Self::start); `InvalidInput` for an argument with a NUL byte.
+    pub fn start_program(self, program: Program) -> io::Result<Primary> {
+        let Cluster { config, local_addr, mode, unix_path, counters } = self;
+        Primary::start(Bound { config, local_addr, mode, unix_path, counters }, WorkerProgram::exec(program)?)
     }
 
     /// [`start`](Self::start), then run the primary until it shuts down (on SIGINT, SIGTERM or

@@ -57,6 +57,9 @@ pub struct Config {
     /// Whether the primary forks even while it has other threads; see
     /// [`crate::Builder::allow_threads`].
     pub allow_threads: bool,
+    /// Whether the primary tells its service manager how the cluster is doing (sd_notify); see
+    /// [`crate::Builder::sd_notify`].
+    pub sd_notify: bool,
 }
 
 /// Heartbeat settings: the primary pings every `interval`; a worker silent for `timeout` is
@@ -92,6 +95,7 @@ impl Config {
             reload_timeout: DEFAULT_RELOAD_TIMEOUT,
             handle_signals: true,
             allow_threads: false,
+            sd_notify: false,
         }
     }
 }

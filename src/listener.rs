@@ -51,6 +51,18 @@ impl Listener {
         }
     }
 
+    /// A listening socket this process was given (across `execve`, by `herd run` or by a
+    /// service manager), checked, with what it accepts and whether it has
+    /// `SO_REUSEPORT`.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming `what` if `fd` is not a listening stream socket.
+    pub(crate) fn inherited(fd: OwnedFd, what: &str) -> io::Result<(Listener, StreamKind, bool)> {
+        let found = listen::inspect_inherited(&fd, what)?;
+        let kind = if found.unix { StreamKind::Unix } else { StreamKind::Tcp };
+        Ok((Listener { fd }, kind, found.reuseport))
+    }
+
     /// The socket itself.
     pub(crate) fn into_fd(self) -> OwnedFd {
         self.fd

@@ -1,6 +1,7 @@
 //! Exact counters, kept in memory shared by the primary and every worker.
 //!
-//! The region (a `MAP_SHARED` mapping) is mapped before the first `fork`, so all processes see it.
+//! The region (a `MAP_SHARED` mapping of a memfd) is mapped before the first `fork`, so all
+//! processes see it; a worker that executes another program gets the memfd and maps it again.
 //! Each worker slot owns one cache line of atomics and only that worker writes it (relaxed
 //! increments, no system call, no false sharing); the primary owns one more line. Anyone may
 //! read any line at any time without asking over the channel — that is how `herd serve` prints
@@ -105,6 +106,19 @@ impl Counters {
     /// Maps a region for the primary and up to `capacity` worker slots.
     pub(crate) fn new(capacity: usize) -> std::io::Result<Counters> {
         Ok(Counters { region: Arc::new(SharedRegion::new(capacity + 1)?), capacity })
+    }
+
+    /// Maps the region of the cluster this process was started by (`herd run`), from the memfd
+    /// it passed.
+    pub(crate) fn from_fd(fd: std::os::fd::OwnedFd) -> std::io::Result<Counters> {
+        let region = SharedRegion::from_fd(fd)?;
+        let capacity = region.lines().len() - 1;
+        Ok(Counters { region: Arc::new(region), capacity })
+    }
+
+    /// The memfd behind the region (see `sys::shm`).
+    pub(crate) fn memfd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&*self.region)
     }
 
     /// How many worker slots have been used so far (the highest slot ever started, plus one).

@@ -121,12 +121,19 @@ impl Distribution for Shared {
     }
 
     fn worker_accept(&mut self, _slot: usize) -> Option<WorkerAccept> {
-        let wait = match self.strategy {
+        let wait = self.strategy.wait();
+        self.listener.take().map(|listener| WorkerAccept::new(listener, wait))
+    }
+}
+
+impl SharedAccept {
+    /// How a worker waits on the shared listener with this strategy.
+    pub(crate) fn wait(self) -> Wait {
+        match self {
             SharedAccept::Epoll => Wait::Level,
             SharedAccept::EpollExclusive => Wait::Exclusive,
             SharedAccept::EpollRotate => Wait::Rotate,
             SharedAccept::Blocking => Wait::Thread,
-        };
-        self.listener.take().map(|listener| WorkerAccept::new(listener, wait))
+        }
     }
 }

@@ -22,6 +22,8 @@
 
 mod accepting;
 mod control;
+mod exec;
+mod notify;
 mod outbox;
 mod spawn;
 mod supervise;
@@ -57,6 +59,19 @@ pub use control::WorkerInfo;
 /// The user's worker function, run in each forked worker.
 pub(crate) type WorkerMain = Box<dyn FnMut(&mut Worker) -> io::Result<()>>;
 
+/// What each worker runs: a function of this program, or another program (`exec.rs`).
+pub(crate) enum WorkerProgram {
+    Function(WorkerMain),
+    Exec(Box<exec::Plan>),
+}
+
+impl WorkerProgram {
+    /// A program to execute: checked and converted once, here.
+    pub(crate) fn exec(program: crate::Program) -> io::Result<WorkerProgram> {
+        Ok(WorkerProgram::Exec(Box::new(exec::Plan::new(program)?)))
+    }
+}
+
 /// What [`crate::Cluster`] hands the primary: everything bound, nothing forked.
 pub(crate) struct Bound {
     pub(crate) config: Config,
@@ -83,6 +98,8 @@ enum Token {
     Lane(u64),
     /// Worker `key`'s pidfd.
     Pidfd(u64),
+    /// Worker `key`'s sd_notify socket (workers that execute a program).
+    Notify(u64),
 }
 
 const KIND_SHIFT: u32 = 56;
@@ -97,6 +114,7 @@ impl From<Token> for u64 {
             Token::Control(key) => (4, key),
             Token::Lane(key) => (5, key),
             Token::Pidfd(key) => (6, key),
+            Token::Notify(key) => (7, key),
         };
         (kind << KIND_SHIFT) | (index & INDEX_MASK)
     }
@@ -112,6 +130,7 @@ impl Token {
             4 => Token::Control(index),
             5 => Token::Lane(index),
             6 => Token::Pidfd(index),
+            7 => Token::Notify(index),
             _ => return None,
         })
     }
@@ -151,6 +170,14 @@ struct WorkerHandle {
     watching_writable: bool,
     /// Its outbox's send failed for a passing reason: try again then.
     outbox_retry: Option<Instant>,
+    /// It reads its control channel: a forked worker always does; a program it executes once it
+    /// sent something there besides the `Online` herd sent for it. Such a worker is stopped with
+    /// `Stop`, pinged by the heartbeat and handed connections; another is stopped with SIGTERM.
+    speaks: bool,
+    /// A program's sd_notify socket.
+    notify: Option<crate::sys::notify::Receiver>,
+    /// A program not heard from is counted as listening at this time (its ready delay).
+    ready_at: Option<Instant>,
 }
 
 impl WorkerHandle {
@@ -197,7 +224,9 @@ pub struct Primary {
     shutting_down: bool,
     finished: bool,
     ready: Vec<Ready>,
-    worker_main: WorkerMain,
+    worker_main: WorkerProgram,
+    /// The service manager to tell how the cluster is doing (sd_notify), if any.
+    service_manager: Option<notify::Notifier>,
 }
 
 impl std::fmt::Debug for Primary {
@@ -222,7 +251,7 @@ impl Slots for SlotView {
 }
 
 impl Primary {
-    pub(crate) fn start(bound: Bound, worker_main: WorkerMain) -> io::Result<Primary> {
+    pub(crate) fn start(bound: Bound, worker_main: WorkerProgram) -> io::Result<Primary> {
         let Bound { config, local_addr, mode, unix_path, counters } = bound;
         counters.count_syscalls_as_primary();
         let (signals, saved_mask) = if config.handle_signals {
@@ -260,6 +289,7 @@ impl Primary {
             io.ring = Some(uring::PrimaryRing::new()?);
             d.use_ring();
         }
+        let service_manager = if config.sd_notify { notify::Notifier::from_env() } else { None };
         let mut primary = Primary {
             backend,
             target: config.workers,
@@ -286,6 +316,7 @@ impl Primary {
             shutting_down: false,
             finished: false,
             ready: Vec::with_capacity(64),
+            service_manager,
             worker_main,
         };
         if let Some(hb) = primary.config.heartbeat {
@@ -449,6 +480,7 @@ impl Primary {
                     }
                 }
                 Some(Token::Pidfd(key)) => self.on_pidfd(key),
+                Some(Token::Notify(key)) => self.on_notify(key),
                 None => {}
             }
         }
@@ -502,6 +534,7 @@ impl Primary {
             self.retries.next_due(),
             self.dispatcher.as_ref().and_then(Dispatcher::next_deadline),
             self.workers.values().filter_map(|w| w.outbox_retry).min(),
+            self.workers.values().filter_map(|w| w.ready_at).min(),
         ]
         .into_iter()
         .flatten()
@@ -509,6 +542,7 @@ impl Primary {
         if let Some(io) = &mut self.io {
             io.alarm.set(next)?;
         }
+        self.notify_service_manager();
         if self.workers.is_empty() && (self.shutting_down || !self.retries.any()) && !self.finished {
             self.finished = true;
             let stranded = self.dispatcher.as_ref().map_or(0, Dispatcher::queued);
@@ -538,6 +572,7 @@ impl Primary {
             self.heartbeat(now);
         }
         self.retry_due_spawns(now);
+        self.ready_delays_due(now);
         if let Some(d) = &mut self.dispatcher {
             d.on_timer(now);
         }
@@ -614,7 +649,7 @@ impl Primary {
         // Whatever a reload left out of the rotation takes connections again: the ones queued
         // in the primary go out before anyone is asked to stop.
         let serving: Vec<u64> =
-            self.workers.iter().filter(|(_, w)| w.listening && !w.asked_to_exit).map(|(k, _)| *k).collect();
+            self.workers.iter().filter(|(_, w)| w.listening && w.speaks && !w.asked_to_exit).map(|(k, _)| *k).collect();
         for key in serving {
             self.set_serving(key, true);
         }
@@ -637,7 +672,10 @@ impl Primary {
             w.asked_to_exit = true;
             self.accepting.dirty = true;
         }
-        if w.connected {
+        if !w.speaks {
+            // A program that does not read its channel takes the usual signal instead.
+            let _ = w.child.signal(libc::SIGTERM);
+        } else if w.connected {
             self.send_control(key, Message::Stop, &[]);
         }
     }
@@ -752,8 +790,19 @@ impl Primary {
                     continue;
                 }
             };
+            if !matches!(received.message, Message::Online | Message::Warning(_)) {
+                w.speaks = true;
+            }
+            let (listening, exiting) = (w.listening, w.asked_to_exit);
             match received.message {
                 Message::Online => self.events.push_back(Event::Online { id, pid }),
+                Message::Listening if listening => {
+                    // Ready already (by sd_notify or its delay), and now reading its channel: it
+                    // can be handed connections.
+                    if !exiting {
+                        self.set_serving(key, true);
+                    }
+                }
                 Message::Listening => self.on_listening(key),
                 Message::User(data) => self.events.push_back(Event::Message { id, pid, data, fds: received.fds }),
                 Message::Pong => {}
@@ -830,6 +879,9 @@ impl Primary {
         // would report readiness for ever.
         if let Some(io) = &self.io {
             let _ = io.epoll.delete(&w.child);
+            if let Some(r) = &w.notify {
+                let _ = io.epoll.delete(r);
+            }
         }
         drop(w);
         self.after_exit(key, id, pid, exit, expected);
@@ -925,6 +977,7 @@ mod tests {
             Token::Control(7),
             Token::Lane(u32::MAX as u64),
             Token::Pidfd(42),
+            Token::Notify(3),
         ] {
             assert_eq!(Token::from_u64(t.into()), Some(t));
         }

@@ -4,21 +4,15 @@ use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::time::Instant;
 
-use super::{Primary, Token, WorkerHandle};
+use super::{Primary, Token, WorkerHandle, WorkerProgram};
 use crate::Event;
 use crate::ListenAddr;
 use crate::channel::{Channel, Message};
 use crate::listener::StreamKind;
 use crate::sys::epoll::Interest;
 use crate::sys::process::{self, Forked, ThreadCheck};
-use crate::sys::signal::{Disposition, SignalSet, disposition, set_disposition};
+use crate::sys::signal::{Disposition, SignalSet, set_disposition};
 use crate::worker::Worker;
-
-/// Signals a terminal sends to the whole process group, and the ones that drive the primary:
-/// a worker must not die of them (the primary decides what its workers do), so it catches and
-/// drops them. A caught signal, unlike an ignored one, is reset to its default across `execve`:
-/// programs the worker starts get ordinary dispositions.
-const LEFT_TO_THE_PRIMARY: [i32; 5] = [libc::SIGINT, libc::SIGQUIT, libc::SIGHUP, libc::SIGTTIN, libc::SIGTTOU];
 
 impl Primary {
     /// Forks a worker for `slot` of `generation`; returns its key.
@@ -37,11 +31,13 @@ impl Primary {
         self.counters.use_slot(slot);
         // What the program buffered on stdout must not be written again by every worker.
         let _ = io::stdout().flush();
+        let key = self.next_key;
+        let execs = matches!(self.worker_main, WorkerProgram::Exec(_));
+        let notify = if execs { Some(self.notify_receiver(key).map_err(context)?) } else { None };
         let check = if self.config.allow_threads { ThreadCheck::Allow } else { ThreadCheck::Refuse };
         match process::fork_worker(check).map_err(context)? {
             Forked::Parent(child) => {
                 drop(theirs);
-                let key = self.next_key;
                 self.next_key += 1;
                 let io = self.io();
                 // On io_uring the lane's acknowledgements come through the primary's ring.
@@ -82,6 +78,12 @@ impl Primary {
                     hung: false,
                     watching_writable: false,
                     outbox_retry: None,
+                    speaks: !execs,
+                    notify,
+                    ready_at: match &self.worker_main {
+                        WorkerProgram::Exec(plan) => plan.program.delay().map(|d| Instant::now() + d),
+                        WorkerProgram::Function(_) => None,
+                    },
                 };
                 self.events.push_back(Event::Fork { id: slot, pid: handle.pid() });
                 self.workers.insert(key, handle);
@@ -94,7 +96,12 @@ impl Primary {
                     drop(lane_ours);
                     lane_theirs
                 });
-                let code = self.become_worker(slot, generation, theirs, lane, mask);
+                let code = if execs {
+                    let notify_socket = notify.as_ref().map(|n| n.env_value().to_owned());
+                    self.become_program(slot, generation, theirs, lane, notify_socket)
+                } else {
+                    self.become_worker(slot, generation, theirs, lane, mask)
+                };
                 process::exit_now(code)
             }
         }
@@ -161,7 +168,9 @@ impl Primary {
                 return 1;
             }
         };
-        let main = &mut self.worker_main;
+        let WorkerProgram::Function(main) = &mut self.worker_main else {
+            unreachable!("become_worker runs in clusters of forked functions only")
+        };
         let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| main(&mut worker))) {
             Ok(Ok(())) => 0,
             Ok(Err(e)) => {
@@ -183,20 +192,12 @@ impl Primary {
     }
 
     /// Workers leave SIGINT, SIGQUIT, SIGHUP, SIGTTIN and SIGTTOU to the primary, die on
-    /// SIGTERM as Node's `worker.kill()` expects, and do not die of SIGPIPE (a client that hung
-    /// up must not kill a worker mid-write) — all with handlers that do nothing, never with
-    /// `SIG_IGN`, which would be passed on to every program the worker starts. The signal mask
-    /// the program had before the primary blocked its signals comes back (`fork_mask`, the
-    /// mask at the fork, when the primary blocked none).
+    /// SIGTERM as Node's `worker.kill()` expects, and do not die of SIGPIPE (see
+    /// `worker::leave_signals_to_the_primary`). The signal mask the program had before the
+    /// primary blocked its signals comes back (`fork_mask`, the mask at the fork, when the
+    /// primary blocked none).
     fn reset_signals_for_worker(&self, fork_mask: SignalSet) -> io::Result<()> {
-        for s in LEFT_TO_THE_PRIMARY {
-            set_disposition(s, Disposition::Discard)?;
-        }
-        // Rust programs start with SIGPIPE ignored already (and `Command` resets it for their
-        // children); leave that as it is, and catch it where it would kill.
-        if disposition(libc::SIGPIPE)? == Disposition::Default {
-            set_disposition(libc::SIGPIPE, Disposition::Discard)?;
-        }
+        crate::worker::leave_signals_to_the_primary()?;
         for s in [libc::SIGTERM, libc::SIGCHLD] {
             set_disposition(s, Disposition::Default)?;
         }

@@ -201,7 +201,9 @@ impl Primary {
                 self.set_serving(old, false);
             }
         }
-        self.set_serving(key, true);
+        if self.workers.get(&key).is_some_and(|w| w.speaks) {
+            self.set_serving(key, true);
+        }
         // Retire what this worker replaces: older workers of the same slot.
         let replaced: Vec<u64> = self
             .workers
@@ -379,7 +381,8 @@ impl Primary {
         let keys: Vec<u64> = self.workers.keys().copied().collect();
         for key in keys {
             let w = &mut self.workers.get_mut(&key).expect("listed just now");
-            if !w.connected || w.hung {
+            // A program that does not read its channel cannot answer a ping.
+            if !w.connected || w.hung || !w.speaks {
                 continue;
             }
             let silent_for = now.duration_since(w.last_seen);

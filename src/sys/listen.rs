@@ -114,3 +114,35 @@ pub fn set_accept_timeout(fd: impl AsFd, timeout: std::time::Duration) -> io::Re
     sockopt::set_socket_timeout(fd, sockopt::Timeout::Recv, Some(timeout))
         .map_err(|e| context(from_errno(e), "setsockopt(SO_RCVTIMEO)"))
 }
+
+/// What [`inspect_inherited`] found out about a socket this process was given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inherited {
+    /// `AF_UNIX` rather than `AF_INET`/`AF_INET6`.
+    pub unix: bool,
+    /// `SO_REUSEPORT` is set: more listeners may be bound to its address.
+    pub reuseport: bool,
+}
+
+/// Checks that `fd` is a listening stream socket (`SO_ACCEPTCONN`, `SO_TYPE`, `getsockname`).
+/// Its `O_NONBLOCK` is left as it is: the flag belongs to the open file, which other processes
+/// share (herd's blocking strategy wants it off, the others on).
+///
+/// # Errors
+/// `InvalidInput` naming `what` and what the socket is instead (not a socket, a datagram
+/// socket, a socket that is not listening).
+pub fn inspect_inherited(fd: impl AsFd, what: &str) -> io::Result<Inherited> {
+    let fd = fd.as_fd();
+    let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidInput, format!("{what}: {why}"));
+    let kind = sockopt::socket_type(fd).map_err(|e| invalid(format!("not a socket ({})", from_errno(e))))?;
+    if kind != SocketType::STREAM {
+        return Err(invalid(format!("not a stream socket ({kind:?})")));
+    }
+    if !sockopt::socket_acceptconn(fd).map_err(|e| invalid(from_errno(e).to_string()))? {
+        return Err(invalid("a socket that is not listening (listen(2) was never called on it)".into()));
+    }
+    let addr = rustix::net::getsockname(fd).map_err(|e| context(from_errno(e), format!("{what}: getsockname")))?;
+    let unix = addr.address_family() == AddressFamily::UNIX;
+    let reuseport = !unix && sockopt::socket_reuseport(fd).unwrap_or(false);
+    Ok(Inherited { unix, reuseport })
+}

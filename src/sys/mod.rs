@@ -15,8 +15,10 @@
 
 pub mod epoll;
 pub mod eventfd;
+pub mod exec;
 pub mod fdpass;
 pub mod listen;
+pub mod notify;
 pub mod process;
 pub mod shm;
 pub mod signal;

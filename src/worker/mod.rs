@@ -22,10 +22,14 @@
 //! A program with its own runtime can also take the listener out of herd's loop
 //! ([`Worker::into_listener`]) and accept on it itself.
 //!
-//! The files: `sources.rs` multiplexes the worker's sources into events; `lane.rs` reads
+//! A program that `herd run` started (a worker that is a program of its own) gets the same
+//! [`Worker`] from [`Worker::from_env`].
+//!
+//! The files: `env.rs` builds a worker from what `herd run` passed; `sources.rs` multiplexes the worker's sources into events; `lane.rs` reads
 //! handed-off connections and acknowledges them; `incoming.rs` is the blocking iterator;
 //! `listener.rs` is the listener handed to another runtime.
 
+mod env;
 mod incoming;
 mod lane;
 mod listener;
@@ -37,6 +41,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
+pub(crate) use env::leave_signals_to_the_primary;
 pub use incoming::Incoming;
 use lane::LaneReader;
 pub use listener::WorkerListener;

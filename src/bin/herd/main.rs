@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! herd serve [--mode shared|handoff|reuseport] [--accept STRATEGY] [--workers N] [--listen ADDR]
+//! herd run [CLUSTER OPTIONS] [--ready-delay SECS] -- CMD [ARGS...]
+//! herd worker [--tag TEXT]
 //! herd load URL [--connections N] [--mode churn|keepalive] [--duration SECS | --requests N]
 //! herd bench [--workers N] [--quick] [--json | --csv] [--svg FILE]
 //! ```
@@ -13,9 +15,11 @@ mod cli;
 #[cfg(test)]
 mod fuzz_replay;
 mod load;
+mod run;
 mod serve;
 mod stats_json;
 mod timestamp;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -27,6 +31,9 @@ Usage: herd <COMMAND> [OPTIONS]
 
 Commands:
   serve    run the demo HTTP/1.1 server on a cluster of workers
+  run      run any program as the workers (fork + exec; LISTEN_FDS, sd_notify, SIGHUP loads
+           new code)
+  worker   the demo HTTP/1.1 worker of `serve` as a program, for `herd run -- herd worker`
   load     an HTTP/1.1 load generator for any server on loopback (like wrk)
   bench    every mode and accept strategy under a light and a saturating load, in one table
   help     print this message
@@ -51,6 +58,8 @@ fn main() -> ExitCode {
     };
     match command.as_str() {
         "serve" => serve::main(args),
+        "run" => run::main(args),
+        "worker" => worker::main(args),
         "load" => load::main(args),
         "bench" => bench::main(args),
         "help" => {

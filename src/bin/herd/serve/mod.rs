@@ -71,6 +71,7 @@ Options:
                              nested      an epoll loop of its own with the worker's
                                          descriptor nested in it (as tokio or mio would)
                              incoming    the blocking iterator, one connection at a time
+  --tag TEXT               demo: append TEXT to every response body (which code answered)
   -q, --quiet              do not log lifecycle events (warnings still show)
   -h, --help               print this help
 
@@ -78,101 +79,253 @@ Exit status: 0 after a clean shutdown, 1 on a runtime error, 2 on bad usage (unk
 address, port in use).
 ";
 
-struct Args {
+/// An option as parsed, owned, so that helpers can look at it while reading its value.
+pub(crate) enum Opt {
+    Long(String),
+    Short(char),
+}
+
+impl Opt {
+    /// `arg` as an [`Opt`], or the usual error for what is not an option.
+    pub(crate) fn of(arg: lexopt::Arg<'_>) -> Result<Opt, String> {
+        match arg {
+            lexopt::Arg::Long(l) => Ok(Opt::Long(l.to_owned())),
+            lexopt::Arg::Short(c) => Ok(Opt::Short(c)),
+            other => Err(other.unexpected().to_string()),
+        }
+    }
+
+    fn is(&self, long: &str, short: Option<char>) -> bool {
+        match self {
+            Opt::Long(l) => l == long,
+            Opt::Short(c) => Some(*c) == short,
+        }
+    }
+
+    /// The option as it would be written, for errors.
+    pub(crate) fn unexpected(&self) -> String {
+        match self {
+            Opt::Long(l) => format!("invalid option '--{l}'"),
+            Opt::Short(c) => format!("invalid option '-{c}'"),
+        }
+    }
+}
+
+/// The options of `herd serve` and `herd run` that shape the cluster.
+pub(crate) struct ClusterArgs {
     mode: String,
     accept: Option<SharedAccept>,
-    backend: Backend,
+    pub(crate) backend: Backend,
     workers: Option<usize>,
     listen: ListenAddr,
     backlog: i32,
     window: usize,
     shutdown_timeout: f64,
-    worker_api: server::WorkerApi,
     defer_accept: bool,
-    stats_json: bool,
+    pub(crate) stats_json: bool,
     restart_limit: usize,
     restart_window: f64,
     heartbeat: f64,
     heartbeat_timeout: f64,
     reload_timeout: f64,
-    request_timeout: f64,
-    behaviour: server::Behaviour,
-    quiet: bool,
+    pub(crate) quiet: bool,
 }
 
-fn parse_args(mut parser: lexopt::Parser) -> Result<Option<Args>, String> {
-    use lexopt::Arg::{Long, Short};
-    let mut args = Args {
-        mode: "shared".into(),
-        accept: None,
-        backend: Backend::Epoll,
-        workers: None,
-        listen: "127.0.0.1:8080".parse().expect("a valid default"),
-        backlog: herd::DEFAULT_BACKLOG,
-        window: herd::mode::handoff::DEFAULT_WINDOW,
-        shutdown_timeout: 30.0,
-        worker_api: server::WorkerApi::EventLoop,
-        defer_accept: false,
-        stats_json: false,
-        restart_limit: herd::DEFAULT_RESTART_LIMIT,
-        restart_window: herd::DEFAULT_RESTART_WINDOW.as_secs_f64(),
-        heartbeat: 1.0,
-        heartbeat_timeout: 10.0,
-        reload_timeout: herd::DEFAULT_RELOAD_TIMEOUT.as_secs_f64(),
-        request_timeout: 10.0,
-        behaviour: server::Behaviour::default(),
-        quiet: false,
-    };
-    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
-        match arg {
-            Long("mode") => args.mode = cli::parse(&mut parser, "--mode")?,
-            Long("accept") => args.accept = Some(cli::parse(&mut parser, "--accept")?),
-            Long("backend") => args.backend = cli::parse(&mut parser, "--backend")?,
-            Short('w') | Long("workers") => args.workers = Some(cli::parse(&mut parser, "--workers")?),
-            Short('l') | Long("listen") => args.listen = cli::parse(&mut parser, "--listen")?,
-            Long("backlog") => args.backlog = cli::parse(&mut parser, "--backlog")?,
-            Long("window") => args.window = cli::parse(&mut parser, "--window")?,
-            Long("shutdown-timeout") => args.shutdown_timeout = seconds(&mut parser, "--shutdown-timeout")?,
-            Long("worker-api") => args.worker_api = cli::parse(&mut parser, "--worker-api")?,
-            Long("defer-accept") => args.defer_accept = true,
-            Long("restart-limit") => args.restart_limit = cli::parse(&mut parser, "--restart-limit")?,
-            Long("restart-window") => args.restart_window = seconds(&mut parser, "--restart-window")?,
-            Long("heartbeat") => args.heartbeat = seconds(&mut parser, "--heartbeat")?,
-            Long("heartbeat-timeout") => args.heartbeat_timeout = seconds(&mut parser, "--heartbeat-timeout")?,
-            Long("reload-timeout") => args.reload_timeout = seconds(&mut parser, "--reload-timeout")?,
-            Long("request-timeout") => args.request_timeout = seconds(&mut parser, "--request-timeout")?,
-            Long("crash-after") => args.behaviour.crash_after = Some(cli::parse(&mut parser, "--crash-after")?),
-            Long("retire-after") => args.behaviour.retire_after = Some(cli::parse(&mut parser, "--retire-after")?),
-            Long("startup-delay") => {
-                args.behaviour.startup_delay = Duration::from_millis(cli::parse(&mut parser, "--startup-delay")?)
-            }
-            Long("broken-generation") => {
-                args.behaviour.broken_generation = Some(cli::parse(&mut parser, "--broken-generation")?)
-            }
-            Long("delay") => args.behaviour.delay = Duration::from_millis(cli::parse(&mut parser, "--delay")?),
-            Long("stats") => {
-                args.stats_json = match cli::parse::<String>(&mut parser, "--stats")?.as_str() {
+impl Default for ClusterArgs {
+    fn default() -> ClusterArgs {
+        ClusterArgs {
+            mode: "shared".into(),
+            accept: None,
+            backend: Backend::Epoll,
+            workers: None,
+            listen: "127.0.0.1:8080".parse().expect("a valid default"),
+            backlog: herd::DEFAULT_BACKLOG,
+            window: herd::mode::handoff::DEFAULT_WINDOW,
+            shutdown_timeout: 30.0,
+            defer_accept: false,
+            stats_json: false,
+            restart_limit: herd::DEFAULT_RESTART_LIMIT,
+            restart_window: herd::DEFAULT_RESTART_WINDOW.as_secs_f64(),
+            heartbeat: 1.0,
+            heartbeat_timeout: 10.0,
+            reload_timeout: herd::DEFAULT_RELOAD_TIMEOUT.as_secs_f64(),
+            quiet: false,
+        }
+    }
+}
+
+impl ClusterArgs {
+    /// Takes `opt` (and its value) if it is a cluster option; returns whether it was.
+    pub(crate) fn take(&mut self, opt: &Opt, parser: &mut lexopt::Parser) -> Result<bool, String> {
+        let p = parser;
+        match opt {
+            o if o.is("mode", None) => self.mode = cli::parse(p, "--mode")?,
+            o if o.is("accept", None) => self.accept = Some(cli::parse(p, "--accept")?),
+            o if o.is("backend", None) => self.backend = cli::parse(p, "--backend")?,
+            o if o.is("workers", Some('w')) => self.workers = Some(cli::parse(p, "--workers")?),
+            o if o.is("listen", Some('l')) => self.listen = cli::parse(p, "--listen")?,
+            o if o.is("backlog", None) => self.backlog = cli::parse(p, "--backlog")?,
+            o if o.is("window", None) => self.window = cli::parse(p, "--window")?,
+            o if o.is("shutdown-timeout", None) => self.shutdown_timeout = seconds(p, "--shutdown-timeout")?,
+            o if o.is("defer-accept", None) => self.defer_accept = true,
+            o if o.is("restart-limit", None) => self.restart_limit = cli::parse(p, "--restart-limit")?,
+            o if o.is("restart-window", None) => self.restart_window = seconds(p, "--restart-window")?,
+            o if o.is("heartbeat", None) => self.heartbeat = seconds(p, "--heartbeat")?,
+            o if o.is("heartbeat-timeout", None) => self.heartbeat_timeout = seconds(p, "--heartbeat-timeout")?,
+            o if o.is("reload-timeout", None) => self.reload_timeout = seconds(p, "--reload-timeout")?,
+            o if o.is("stats", None) => {
+                self.stats_json = match cli::parse::<String>(p, "--stats")?.as_str() {
                     "table" => false,
                     "json" => true,
                     other => return Err(format!("--stats {other}: expected table or json")),
                 }
             }
-            Short('q') | Long("quiet") => args.quiet = true,
-            Short('h') | Long("help") => return Ok(None),
-            other => return Err(other.unexpected().to_string()),
+            o if o.is("quiet", Some('q')) => self.quiet = true,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// What is wrong with the options together.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if self.heartbeat > 0.0 && self.heartbeat_timeout < self.heartbeat {
+            return Err(format!(
+                "--heartbeat-timeout {} must be at least --heartbeat {}",
+                self.heartbeat_timeout, self.heartbeat
+            ));
+        }
+        mode_of(self).map(|_| ())
+    }
+
+    /// The cluster these options describe, bound; a failure is the user's input (exit 2).
+    pub(crate) fn bind(&self, command: &str) -> Result<Cluster, ExitCode> {
+        let mode = mode_of(self).map_err(|e| cli::command_error(command, e))?;
+        let mut builder = Cluster::builder(self.listen.clone())
+            .mode(mode)
+            .backend(self.backend)
+            .backlog(self.backlog)
+            .handoff_window(self.window)
+            .shutdown_timeout(Duration::from_secs_f64(self.shutdown_timeout))
+            .defer_accept(self.defer_accept)
+            .restart_limit(self.restart_limit, Duration::from_secs_f64(self.restart_window))
+            .reload_timeout(Duration::from_secs_f64(self.reload_timeout))
+            .sd_notify(true);
+        if self.heartbeat > 0.0 {
+            builder = builder
+                .heartbeat(Duration::from_secs_f64(self.heartbeat), Duration::from_secs_f64(self.heartbeat_timeout));
+        }
+        if let Some(n) = self.workers {
+            builder = builder.workers(n);
+        }
+        builder.bind().map_err(|e| cli::command_error(command, e))
+    }
+
+    /// The line every cluster command starts with.
+    pub(crate) fn announce(&self, cluster: &Cluster) {
+        eprintln!(
+            "{} herd: serving on {} mode={} backend={} workers={} pid={}",
+            crate::timestamp::now(),
+            cluster.local_addr(),
+            cluster.config().mode,
+            self.backend,
+            cluster.config().workers,
+            std::process::id()
+        );
+    }
+
+    /// What to do with each event: log it (warnings even with `--quiet`).
+    pub(crate) fn logger(&self) -> impl FnMut(&herd::Event) + use<> {
+        let quiet = self.quiet;
+        move |event| {
+            if !quiet || matches!(event, herd::Event::Warning { .. }) {
+                eprintln!("{} herd: {event}", crate::timestamp::now());
+            }
         }
     }
-    if args.heartbeat > 0.0 && args.heartbeat_timeout < args.heartbeat {
-        return Err(format!(
-            "--heartbeat-timeout {} must be at least --heartbeat {}",
-            args.heartbeat_timeout, args.heartbeat
-        ));
+
+    /// The exit code for how the primary ended, with the counters printed.
+    pub(crate) fn finish(&self, result: std::io::Result<herd::stats::Snapshot>) -> ExitCode {
+        match result {
+            Ok(snapshot) if self.stats_json => {
+                println!("{}", crate::stats_json::encode(&snapshot));
+                ExitCode::SUCCESS
+            }
+            Ok(snapshot) => {
+                println!("{snapshot}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("herd: {e}");
+                ExitCode::FAILURE
+            }
+        }
     }
+}
+
+/// The options of `herd serve` and `herd worker` that shape what each worker does.
+#[derive(Clone)]
+pub(crate) struct WorkerArgs {
+    worker_api: server::WorkerApi,
+    request_timeout: f64,
+    behaviour: server::Behaviour,
+}
+
+impl Default for WorkerArgs {
+    fn default() -> WorkerArgs {
+        WorkerArgs { worker_api: server::WorkerApi::EventLoop, request_timeout: 10.0, behaviour: Default::default() }
+    }
+}
+
+impl WorkerArgs {
+    /// Takes `opt` (and its value) if it is a worker option; returns whether it was.
+    pub(crate) fn take(&mut self, opt: &Opt, parser: &mut lexopt::Parser) -> Result<bool, String> {
+        let p = parser;
+        let b = &mut self.behaviour;
+        match opt {
+            o if o.is("worker-api", None) => self.worker_api = cli::parse(p, "--worker-api")?,
+            o if o.is("request-timeout", None) => self.request_timeout = seconds(p, "--request-timeout")?,
+            o if o.is("crash-after", None) => b.crash_after = Some(cli::parse(p, "--crash-after")?),
+            o if o.is("retire-after", None) => b.retire_after = Some(cli::parse(p, "--retire-after")?),
+            o if o.is("startup-delay", None) => {
+                b.startup_delay = Duration::from_millis(cli::parse(p, "--startup-delay")?)
+            }
+            o if o.is("broken-generation", None) => b.broken_generation = Some(cli::parse(p, "--broken-generation")?),
+            o if o.is("delay", None) => b.delay = Duration::from_millis(cli::parse(p, "--delay")?),
+            o if o.is("tag", None) => b.tag = Some(cli::parse(p, "--tag")?),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Serves as the worker until the primary says stop.
+    pub(crate) fn serve(&self, worker: &mut herd::Worker) -> std::io::Result<()> {
+        let request_timeout = (self.request_timeout > 0.0).then(|| Duration::from_secs_f64(self.request_timeout));
+        server::run(worker, self.worker_api, self.behaviour.clone(), request_timeout)
+    }
+}
+
+struct Args {
+    cluster: ClusterArgs,
+    worker: WorkerArgs,
+}
+
+fn parse_args(mut parser: lexopt::Parser) -> Result<Option<Args>, String> {
+    let mut args = Args { cluster: ClusterArgs::default(), worker: WorkerArgs::default() };
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        if matches!(arg, lexopt::Arg::Short('h') | lexopt::Arg::Long("help")) {
+            return Ok(None);
+        }
+        let opt = Opt::of(arg)?;
+        if !args.cluster.take(&opt, &mut parser)? && !args.worker.take(&opt, &mut parser)? {
+            return Err(opt.unexpected());
+        }
+    }
+    args.cluster.check()?;
     Ok(Some(args))
 }
 
 /// Parses a number of seconds (fractions allowed, >= 0).
-fn seconds(parser: &mut lexopt::Parser, option: &str) -> Result<f64, String> {
+pub(crate) fn seconds(parser: &mut lexopt::Parser, option: &str) -> Result<f64, String> {
     let value: f64 = cli::parse(parser, option)?;
     if !(value.is_finite() && value >= 0.0) {
         return Err(format!("{option} {value}: must be a number of seconds >= 0"));
@@ -180,7 +333,7 @@ fn seconds(parser: &mut lexopt::Parser, option: &str) -> Result<f64, String> {
     Ok(value)
 }
 
-fn mode_of(args: &Args) -> Result<Mode, String> {
+fn mode_of(args: &ClusterArgs) -> Result<Mode, String> {
     let mode: Mode = args.mode.parse().map_err(|e| format!("--mode: {e}"))?;
     match (mode, args.accept) {
         (Mode::Shared(_), Some(strategy)) => Ok(Mode::Shared(strategy)),
@@ -194,62 +347,12 @@ pub fn main(parser: lexopt::Parser) -> ExitCode {
         Ok(args) => args,
         Err(code) => return code,
     };
-    let mode = match mode_of(&args) {
-        Ok(m) => m,
-        Err(e) => return cli::command_error("serve", e),
-    };
-    let mut builder = Cluster::builder(args.listen.clone())
-        .mode(mode)
-        .backend(args.backend)
-        .backlog(args.backlog)
-        .handoff_window(args.window)
-        .shutdown_timeout(Duration::from_secs_f64(args.shutdown_timeout))
-        .defer_accept(args.defer_accept)
-        .restart_limit(args.restart_limit, Duration::from_secs_f64(args.restart_window))
-        .reload_timeout(Duration::from_secs_f64(args.reload_timeout));
-    if args.heartbeat > 0.0 {
-        builder =
-            builder.heartbeat(Duration::from_secs_f64(args.heartbeat), Duration::from_secs_f64(args.heartbeat_timeout));
-    }
-    if let Some(n) = args.workers {
-        builder = builder.workers(n);
-    }
-    // Everything up to here is the user's input: a failure is bad usage (exit 2).
-    let cluster = match builder.bind() {
+    let cluster = match args.cluster.bind("serve") {
         Ok(c) => c,
-        Err(e) => return cli::command_error("serve", e),
+        Err(code) => return code,
     };
-    let workers = cluster.config().workers;
-    eprintln!(
-        "{} herd: serving on {} mode={mode} backend={} workers={workers} pid={}",
-        crate::timestamp::now(),
-        cluster.local_addr(),
-        args.backend,
-        std::process::id()
-    );
-    let (quiet, api, behaviour) = (args.quiet, args.worker_api, args.behaviour);
-    let request_timeout = (args.request_timeout > 0.0).then(|| Duration::from_secs_f64(args.request_timeout));
-    let result = cluster.run(
-        move |worker| server::run(worker, api, behaviour, request_timeout),
-        |event| {
-            // Warnings (io_uring unavailable, say) show even with --quiet.
-            if !quiet || matches!(event, herd::Event::Warning { .. }) {
-                eprintln!("{} herd: {event}", crate::timestamp::now());
-            }
-        },
-    );
-    match result {
-        Ok(snapshot) if args.stats_json => {
-            println!("{}", crate::stats_json::encode(&snapshot));
-            ExitCode::SUCCESS
-        }
-        Ok(snapshot) => {
-            println!("{snapshot}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("herd: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    args.cluster.announce(&cluster);
+    let worker = args.worker.clone();
+    let result = cluster.run(move |w| worker.serve(w), args.cluster.logger());
+    args.cluster.finish(result)
 }

@@ -51,8 +51,10 @@ impl std::str::FromStr for WorkerApi {
 }
 
 /// Misbehaviour on purpose, for demonstrations and tests.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Behaviour {
+    /// Words appended to every response body (`herd worker --tag v2`): which code answered.
+    pub tag: Option<String>,
     /// Abort (SIGABRT) after answering this many requests; 0: at start-up, before listening.
     pub crash_after: Option<u64>,
     /// Announce the exit ([`Worker::retire`]) after answering this many requests.
@@ -246,7 +248,11 @@ pub fn run(
     if behaviour.crash_after == Some(0) || behaviour.broken_generation.is_some_and(|g| worker.generation() >= g) {
         std::process::abort();
     }
-    let body = format!("worker {} pid {}\n", worker.id(), worker.pid()).into_bytes();
+    let body = match &behaviour.tag {
+        Some(tag) => format!("worker {} pid {} {tag}\n", worker.id(), worker.pid()),
+        None => format!("worker {} pid {}\n", worker.id(), worker.pid()),
+    }
+    .into_bytes();
     let mut app = App { body, behaviour, request_timeout, served: 0, retire_due: false, retired: false };
     match api {
         WorkerApi::EventLoop => run_event_loop(worker, &mut app),
