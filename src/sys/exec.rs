@@ -86,14 +86,19 @@ fn cloexec_from(first: RawFd) -> io::Result<()> {
 /// # Errors
 /// `sigprocmask`'s failure.
 pub fn reset_signals() -> io::Result<()> {
-    for signal in 1..=libc::SIGRTMAX() {
+    // The kernel's `struct sigaction` with every field zero: SIG_DFL, no flags, no restorer,
+    // an empty mask — whatever the architecture's layout, zero is zero.
+    let default = [0u64; 4];
+    for signal in 1..=64 {
         if signal == libc::SIGKILL || signal == libc::SIGSTOP {
             continue;
         }
-        // SAFETY: installing SIG_DFL runs no code of ours; the numbers glibc reserves for
-        // itself (32, 33) fail with EINVAL, which is ignored: nothing to reset there.
+        // SAFETY: rt_sigaction reads the zeroed struct above (SIG_DFL) and writes nothing
+        // back (null old action); installing SIG_DFL runs no code of ours. The raw call, not
+        // libc's `signal`, because glibc refuses the two real-time signals it keeps for itself
+        // (32, 33) — which an ignoring parent may still have passed down as SIG_IGN.
         unsafe {
-            libc::signal(signal, libc::SIG_DFL);
+            libc::syscall(libc::SYS_rt_sigaction, signal, default.as_ptr(), std::ptr::null::<u8>(), 8usize);
         }
     }
     super::signal::SignalSet::empty().set_mask()

@@ -49,6 +49,17 @@ impl Serve {
         Serve::from_child(spawn_serve(args), workers)
     }
 
+    /// Starts `herd run ARGS` (options, `--`, the command) and waits until `workers` workers
+    /// report `listening`.
+    pub fn start_run(args: &[&str], workers: usize) -> Serve {
+        Serve::from_child(spawn_herd("run", args, &[]), workers)
+    }
+
+    /// `herd COMMAND ARGS` with extra environment variables, waiting for `workers` listening.
+    pub fn start_with_env(command: &str, args: &[&str], env: &[(&str, &str)], workers: usize) -> Serve {
+        Serve::from_child(spawn_herd(command, args, env), workers)
+    }
+
     /// Takes over a `herd serve` started some other way (through a shell that `exec`s it, say),
     /// in its own process group, with piped stdout and stderr; the caller reaps it.
     pub fn attach(child: &mut Child, workers: usize) -> Serve {
@@ -198,9 +209,15 @@ impl Drop for Serve {
 
 /// `herd serve ARGS` in its own process group, with piped output.
 fn spawn_serve(args: &[&str]) -> Child {
+    spawn_herd("serve", args, &[])
+}
+
+/// `herd COMMAND ARGS` in its own process group, with piped output and `env` added.
+fn spawn_herd(command: &str, args: &[&str], env: &[(&str, &str)]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_herd"))
-        .arg("serve")
+        .arg(command)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
