@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use crate::accept::Backend;
 use crate::config::{Config, Heartbeat, MAX_WORKERS};
-use crate::listener::{BindOptions, UnixPath};
-use crate::mode::{self, Distribution, Mode};
+use crate::listener::{BindOptions, Listener, UnixPath};
+use crate::mode::{self, Distribution, InheritedListener, Mode};
 use crate::primary::{Bound, Primary, WorkerProgram};
 use crate::program::Program;
 use crate::stats::{Counters, Snapshot};
@@ -148,6 +148,41 @@ impl Builder {
     /// `Unsupported` for reuseport on a Unix socket; the `bind`/`listen` error otherwise
     /// (`AddrInUse` for a port in use), naming the address.
     pub fn bind(self) -> io::Result<Cluster> {
+        self.bind_from(Vec::new())
+    }
+
+    /// Checks the settings and takes `listeners` — listening sockets this program was given,
+    /// by systemd's socket activation ([`crate::activation::listen_fds`]) or any launcher —
+    /// instead of binding the builder's address. Shared and handoff modes take exactly one.
+    /// Reuseport mode takes one per worker, or a single one with `SO_REUSEPORT` (systemd's
+    /// `ReusePort=yes`), to whose address it binds one more listener per worker. Their
+    /// `O_NONBLOCK` is set as the mode needs; a Unix socket's path is left in place on exit
+    /// (it is the service manager's).
+    ///
+    /// # Errors
+    /// `InvalidInput` naming what is wrong: no listener, one that is not a listening stream
+    /// socket, more than one for shared or handoff mode, too few for reuseport without
+    /// `SO_REUSEPORT`; then as [`bind`](Self::bind).
+    pub fn bind_inherited(mut self, listeners: Vec<std::os::fd::OwnedFd>) -> io::Result<Cluster> {
+        if listeners.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no listener was passed (LISTEN_FDS is unset or 0, or LISTEN_PID names another process)",
+            ));
+        }
+        let mut inherited = Vec::with_capacity(listeners.len());
+        for (i, fd) in listeners.into_iter().enumerate() {
+            let (listener, kind, reuseport) = Listener::inherited(fd, &format!("inherited listener {i}"))?;
+            if i == 0 {
+                self.config.listen = listener.local_addr(kind)?;
+            }
+            inherited.push(InheritedListener { listener, reuseport });
+        }
+        self.bind_from(inherited)
+    }
+
+    fn bind_from(self, inherited: Vec<InheritedListener>) -> io::Result<Cluster> {
+        let adopted = !inherited.is_empty();
         let config = self.config;
         if config.workers == 0 || config.workers > MAX_WORKERS {
             return Err(io::Error::new(
@@ -165,7 +200,7 @@ impl Builder {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "handoff window must be at least 1"));
         }
         let mut unix_path = match &config.listen {
-            ListenAddr::Unix(path) if config.mode != Mode::Reuseport => Some(UnixPath::claim(path)?),
+            ListenAddr::Unix(path) if config.mode != Mode::Reuseport && !adopted => Some(UnixPath::claim(path)?),
             _ => None,
         };
         let options = BindOptions {
@@ -174,7 +209,7 @@ impl Builder {
             nonblocking: true,
             defer_accept: config.defer_accept.then_some(DEFER_ACCEPT_SECONDS),
         };
-        let (mode, local_addr) = mode::bind(config.mode, &config.listen, config.workers, options)?;
+        let (mode, local_addr) = mode::bind(config.mode, &config.listen, config.workers, options, inherited)?;
         if let Some(path) = &mut unix_path {
             path.bound();
         }

@@ -117,6 +117,7 @@
 compile_error!("herd is Linux-only: it is built on epoll, signalfd, SO_REUSEPORT, EPOLLEXCLUSIVE and PR_SET_PDEATHSIG");
 
 mod accept;
+pub mod activation;
 mod addr;
 pub mod channel;
 mod cluster;

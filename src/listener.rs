@@ -63,6 +63,19 @@ impl Listener {
         Ok((Listener { fd }, kind, found.reuseport))
     }
 
+    /// Sets or clears `O_NONBLOCK` (on the open file: every process holding it sees the change).
+    pub(crate) fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        listen::set_nonblocking(&self.fd, on)
+    }
+
+    /// The address it is bound to, as a [`ListenAddr`].
+    pub(crate) fn local_addr(&self, kind: StreamKind) -> io::Result<ListenAddr> {
+        match kind {
+            StreamKind::Tcp => Ok(ListenAddr::Tcp(self.tcp_addr()?)),
+            StreamKind::Unix => Ok(ListenAddr::Unix(listen::local_unix_path(&self.fd)?)),
+        }
+    }
+
     /// The socket itself.
     pub(crate) fn into_fd(self) -> OwnedFd {
         self.fd

@@ -159,10 +159,8 @@ fn sighup_runs_the_replaced_program_and_loses_no_request() {
     for mode in ["shared", "handoff", "reuseport"] {
         let program = dir.0.join(format!("worker-{}", mode.replace('/', "-")));
         write_script(&program, &format!("exec {HERD} worker --tag v1"));
-        let serve = Serve::start_run(
-            &["--mode", mode, "-w", "2", "-l", "127.0.0.1:0", "--", program.to_str().unwrap()],
-            0,
-        );
+        let serve =
+            Serve::start_run(&["--mode", mode, "-w", "2", "-l", "127.0.0.1:0", "--", program.to_str().unwrap()], 0);
         serve.wait_for_log(|l| l.contains("herd: fork "), 2);
         std::thread::sleep(Duration::from_millis(300));
         let fds_before = fd_count(serve.pid());

@@ -116,17 +116,45 @@ pub(crate) trait Distribution: fmt::Debug {
 
 /// Binds the listener(s) of `mode` for `slots` worker slots on `addr`. Returns the mode and the
 /// address actually bound (with the port the kernel chose for port 0).
+///
+/// With `inherited` listeners (socket activation: see [`crate::Builder::bind_inherited`]),
+/// those are used instead of binding: shared and handoff modes take exactly one; reuseport
+/// mode takes one per slot, or binds the missing ones to the address of the first if it has
+/// `SO_REUSEPORT`.
 pub(crate) fn bind(
     mode: Mode,
     addr: &ListenAddr,
     slots: usize,
     options: BindOptions,
+    inherited: Vec<InheritedListener>,
 ) -> io::Result<(Box<dyn Distribution>, ListenAddr)> {
     match mode {
-        Mode::Shared(strategy) => shared::Shared::bind(addr, strategy, options).map(boxed),
-        Mode::Handoff => handoff::Handoff::bind(addr, options).map(boxed),
-        Mode::Reuseport => reuseport::Reuseport::bind(addr, slots, options).map(boxed),
+        Mode::Shared(strategy) => shared::Shared::bind(addr, strategy, options, one(mode, inherited)?).map(boxed),
+        Mode::Handoff => handoff::Handoff::bind(addr, options, one(mode, inherited)?).map(boxed),
+        Mode::Reuseport => reuseport::Reuseport::bind(addr, slots, options, inherited).map(boxed),
     }
+}
+
+/// A listening socket the program was given, checked (see `Listener::inherited`).
+#[derive(Debug)]
+pub(crate) struct InheritedListener {
+    pub(crate) listener: Listener,
+    /// It has `SO_REUSEPORT`: more listeners can join its address.
+    pub(crate) reuseport: bool,
+}
+
+/// The one inherited listener shared and handoff modes take, if any.
+fn one(mode: Mode, mut inherited: Vec<InheritedListener>) -> io::Result<Option<Listener>> {
+    if inherited.len() > 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{mode} mode serves one listener, and {} were passed: choose one by name (sd:NAME)",
+                inherited.len()
+            ),
+        ));
+    }
+    Ok(inherited.pop().map(|i| i.listener))
 }
 
 fn boxed<D: Distribution + 'static>((d, addr): (D, ListenAddr)) -> (Box<dyn Distribution>, ListenAddr) {

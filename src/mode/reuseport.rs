@@ -55,7 +55,15 @@ pub(crate) struct Reuseport {
 impl Reuseport {
     /// Binds `slots` listeners to `addr` with `SO_REUSEPORT`. With port 0, the first listener
     /// gets a port from the kernel and the others bind that same port.
-    pub(crate) fn bind(addr: &ListenAddr, slots: usize, base: BindOptions) -> io::Result<(Reuseport, ListenAddr)> {
+    ///
+    /// `inherited` listeners (socket activation) come first, one per slot; the missing ones
+    /// are bound to the first one's address, which needs `SO_REUSEPORT` on it.
+    pub(crate) fn bind(
+        addr: &ListenAddr,
+        slots: usize,
+        base: BindOptions,
+        inherited: Vec<super::InheritedListener>,
+    ) -> io::Result<(Reuseport, ListenAddr)> {
         let ListenAddr::Tcp(mut tcp) = addr.clone() else {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -66,13 +74,31 @@ impl Reuseport {
         };
         let options = BindOptions { reuseport: true, nonblocking: true, ..base };
         let mut listeners = Vec::with_capacity(slots);
-        for _ in 0..slots {
+        let given = inherited.len();
+        if let Some(first) = inherited.first() {
+            if given < slots && !first.reuseport {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "reuseport mode needs one listener per worker: {given} passed for {slots} workers, and the \
+                         first has no SO_REUSEPORT to bind more to {addr} (set ReusePort=yes in the .socket unit, or \
+                         pass one socket per worker)"
+                    ),
+                ));
+            }
+        }
+        for i in inherited {
+            i.listener.set_nonblocking(true)?;
+            tcp = i.listener.tcp_addr()?;
+            listeners.push(Some(i.listener));
+        }
+        for _ in given.min(slots)..slots {
             let listener = Listener::bind(&ListenAddr::Tcp(tcp), options)?;
             tcp = listener.tcp_addr()?;
             listeners.push(Some(listener));
         }
         let bound = ListenAddr::Tcp(tcp);
-        let group = (0..slots).collect();
+        let group = (0..listeners.len()).collect();
         Ok((Reuseport { listeners, group, steered: 0, addr: bound.clone(), options }, bound))
     }
 }

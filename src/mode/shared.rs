@@ -82,9 +82,16 @@ impl Shared {
         addr: &ListenAddr,
         strategy: SharedAccept,
         base: BindOptions,
+        inherited: Option<Listener>,
     ) -> io::Result<(Shared, ListenAddr)> {
         let blocking = strategy == SharedAccept::Blocking;
-        let listener = Listener::bind(addr, BindOptions { reuseport: false, nonblocking: !blocking, ..base })?;
+        let listener = match inherited {
+            Some(listener) => {
+                listener.set_nonblocking(!blocking)?;
+                listener
+            }
+            None => Listener::bind(addr, BindOptions { reuseport: false, nonblocking: !blocking, ..base })?,
+        };
         if blocking {
             crate::sys::listen::set_accept_timeout(&listener, LOOK_UP_EVERY)?;
         }

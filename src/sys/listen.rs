@@ -11,6 +11,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType, sockopt};
@@ -145,4 +146,23 @@ pub fn inspect_inherited(fd: impl AsFd, what: &str) -> io::Result<Inherited> {
     let unix = addr.address_family() == AddressFamily::UNIX;
     let reuseport = !unix && sockopt::socket_reuseport(fd).unwrap_or(false);
     Ok(Inherited { unix, reuseport })
+}
+
+/// Sets or clears `O_NONBLOCK` on a socket (`ioctl(FIONBIO)`).
+pub fn set_nonblocking(fd: impl AsFd, on: bool) -> io::Result<()> {
+    rustix::io::ioctl_fionbio(fd, on).map_err(|e| context(from_errno(e), "ioctl(FIONBIO)"))
+}
+
+/// The path a Unix listener is bound to (`getsockname(2)`).
+///
+/// # Errors
+/// `InvalidInput` for an abstract or unnamed socket, or one that is not `AF_UNIX`.
+pub fn local_unix_path(fd: impl AsFd) -> io::Result<std::path::PathBuf> {
+    let any = rustix::net::getsockname(fd).map_err(|e| context(from_errno(e), "getsockname"))?;
+    let unix = SocketAddrUnix::try_from(any)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "getsockname: not a Unix socket"))?;
+    match unix.path() {
+        Some(p) => Ok(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(p.to_bytes()))),
+        None => Err(io::Error::new(io::ErrorKind::InvalidInput, "a Unix socket with no path (abstract or unnamed)")),
+    }
 }

@@ -85,8 +85,18 @@ pub(crate) struct Handoff {
 
 impl Handoff {
     /// Creates the primary's (non-blocking) listener.
-    pub(crate) fn bind(addr: &ListenAddr, base: BindOptions) -> io::Result<(Handoff, ListenAddr)> {
-        let listener = Listener::bind(addr, BindOptions { reuseport: false, nonblocking: true, ..base })?;
+    pub(crate) fn bind(
+        addr: &ListenAddr,
+        base: BindOptions,
+        inherited: Option<Listener>,
+    ) -> io::Result<(Handoff, ListenAddr)> {
+        let listener = match inherited {
+            Some(listener) => {
+                listener.set_nonblocking(true)?;
+                listener
+            }
+            None => Listener::bind(addr, BindOptions { reuseport: false, nonblocking: true, ..base })?,
+        };
         let bound = super::bound_addr(addr, &listener)?;
         Ok((Handoff { listener }, bound))
     }

@@ -43,8 +43,12 @@ Options:
                                        refuses). shared/epoll and shared/blocking have no
                                        io_uring form and run on epoll
   -w, --workers N          worker processes [default: number of CPUs]
-  -l, --listen ADDR        127.0.0.1:8080, [::1]:8080, port 0 for any free port, or a Unix
-                           socket path (/tmp/herd.sock, unix:herd.sock) [default: 127.0.0.1:8080]
+  -l, --listen ADDR        127.0.0.1:8080, [::1]:8080, port 0 for any free port, a Unix
+                           socket path (/tmp/herd.sock, unix:herd.sock), or `systemd` (every
+                           socket passed by socket activation, LISTEN_FDS) or `sd:NAME` (the
+                           one named NAME in LISTEN_FDNAMES); reuseport mode binds one more per
+                           worker to a passed socket that has SO_REUSEPORT (ReusePort=yes)
+                           [default: 127.0.0.1:8080]
   --backlog N              listen(2) backlog [default: 1024]
   --window N               handoff mode: unacknowledged handoffs per worker [default: 32]
   --shutdown-timeout SECS  graceful shutdown: kill workers still busy after this [default: 30]
@@ -118,6 +122,9 @@ pub(crate) struct ClusterArgs {
     pub(crate) backend: Backend,
     workers: Option<usize>,
     listen: ListenAddr,
+    /// `--listen systemd` (`Some(None)`) or `--listen sd:NAME` (`Some(Some(NAME))`): the
+    /// listeners come from socket activation.
+    activated: Option<Option<String>>,
     backlog: i32,
     window: usize,
     shutdown_timeout: f64,
@@ -139,6 +146,7 @@ impl Default for ClusterArgs {
             backend: Backend::Epoll,
             workers: None,
             listen: "127.0.0.1:8080".parse().expect("a valid default"),
+            activated: None,
             backlog: herd::DEFAULT_BACKLOG,
             window: herd::mode::handoff::DEFAULT_WINDOW,
             shutdown_timeout: 30.0,
@@ -163,7 +171,17 @@ impl ClusterArgs {
             o if o.is("accept", None) => self.accept = Some(cli::parse(p, "--accept")?),
             o if o.is("backend", None) => self.backend = cli::parse(p, "--backend")?,
             o if o.is("workers", Some('w')) => self.workers = Some(cli::parse(p, "--workers")?),
-            o if o.is("listen", Some('l')) => self.listen = cli::parse(p, "--listen")?,
+            o if o.is("listen", Some('l')) => {
+                let text: String = cli::parse(p, "--listen")?;
+                if text == "systemd" {
+                    self.activated = Some(None);
+                } else if let Some(name) = text.strip_prefix("sd:") {
+                    self.activated = Some(Some(name.to_owned()));
+                } else {
+                    self.listen = text.parse().map_err(|e| format!("--listen {text}: {e}"))?;
+                    self.activated = None;
+                }
+            }
             o if o.is("backlog", None) => self.backlog = cli::parse(p, "--backlog")?,
             o if o.is("window", None) => self.window = cli::parse(p, "--window")?,
             o if o.is("shutdown-timeout", None) => self.shutdown_timeout = seconds(p, "--shutdown-timeout")?,
@@ -217,7 +235,11 @@ impl ClusterArgs {
         if let Some(n) = self.workers {
             builder = builder.workers(n);
         }
-        builder.bind().map_err(|e| cli::command_error(command, e))
+        let bound = match &self.activated {
+            None => builder.bind(),
+            Some(name) => activated_listeners(name.as_deref()).and_then(|fds| builder.bind_inherited(fds)),
+        };
+        bound.map_err(|e| cli::command_error(command, e))
     }
 
     /// The line every cluster command starts with.
@@ -322,6 +344,24 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Option<Args>, String> {
     }
     args.cluster.check()?;
     Ok(Some(args))
+}
+
+/// The listeners socket activation passed: all of them, or those named `name`.
+fn activated_listeners(name: Option<&str>) -> std::io::Result<Vec<std::os::fd::OwnedFd>> {
+    let passed = herd::activation::listen_fds()?;
+    let names: Vec<String> = passed.iter().map(|a| a.name.clone()).collect();
+    let chosen: Vec<_> = passed.into_iter().filter(|a| name.is_none_or(|n| a.name == n)).map(|a| a.fd).collect();
+    match (name, chosen.is_empty()) {
+        (Some(n), true) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("--listen sd:{n}: no socket of that name was passed (LISTEN_FDNAMES: {names:?})"),
+        )),
+        (None, true) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "--listen systemd: no socket was passed (LISTEN_FDS is unset or 0, or LISTEN_PID names another process)",
+        )),
+        _ => Ok(chosen),
+    }
 }
 
 /// Parses a number of seconds (fractions allowed, >= 0).
