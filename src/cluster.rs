@@ -133,6 +133,17 @@ impl Builder {
         self
     }
 
+    /// Whether SIGUSR2 upgrades the primary in place (default `false`): it executes the binary
+    /// now at its path, keeping its pid, listeners, workers and counters — nginx's and
+    /// unicorn's USR2 without a new pid. The program must cooperate: call
+    /// [`crate::upgrade::answer_check`] first thing in `main`, and [`Primary::resume`] before
+    /// binding. See [`crate::upgrade`]. Needs [`handle_signals`](Self::handle_signals); without
+    /// it, call [`Primary::upgrade`].
+    pub fn upgrade_on_sigusr2(mut self, on: bool) -> Builder {
+        self.config.upgrade_on_sigusr2 = on;
+        self
+    }
+
     /// TCP only: accept connections only once the client has sent data (`TCP_DEFER_ACCEPT`, as
     /// nginx's `deferred`), so a worker wakes once per connection, with the request there.
     /// Default off.

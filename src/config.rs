@@ -60,6 +60,8 @@ pub struct Config {
     /// Whether the primary tells its service manager how the cluster is doing (sd_notify); see
     /// [`crate::Builder::sd_notify`].
     pub sd_notify: bool,
+    /// Whether SIGUSR2 upgrades the primary in place; see [`crate::Builder::upgrade_on_sigusr2`].
+    pub upgrade_on_sigusr2: bool,
 }
 
 /// Heartbeat settings: the primary pings every `interval`; a worker silent for `timeout` is
@@ -96,6 +98,7 @@ impl Config {
             handle_signals: true,
             allow_threads: false,
             sd_notify: false,
+            upgrade_on_sigusr2: false,
         }
     }
 }

@@ -150,6 +150,14 @@ pub enum Event {
         /// What happened.
         message: String,
     },
+    /// The primary upgraded in place (SIGUSR2, [`crate::Primary::upgrade`]): this is the new
+    /// image, same pid, supervising the workers the old one left it.
+    Upgraded {
+        /// The primary's pid (unchanged).
+        pid: u32,
+        /// How many workers it took over.
+        workers: usize,
+    },
     /// The primary began shutting down, on this signal (or 0 if asked by the program).
     Shutdown {
         /// The signal number.
@@ -228,6 +236,7 @@ impl fmt::Display for Event {
                 write!(f, "warning worker={id} pid={pid}: {message}")
             }
             Event::Warning { message, .. } => write!(f, "warning primary: {message}"),
+            Event::Upgraded { pid, workers } => write!(f, "upgraded pid={pid} workers={workers}"),
             Event::Shutdown { signal, graceful } => {
                 write!(f, "shutdown signal={signal} {}", if *graceful { "graceful" } else { "immediate" })
             }

@@ -130,6 +130,7 @@ pub mod program;
 pub mod stats;
 mod stream;
 mod sys;
+pub mod upgrade;
 mod worker;
 
 pub use accept::{Backend, ParseBackendError};

@@ -76,6 +76,11 @@ impl Listener {
         }
     }
 
+    /// A listener handed over by the primary's previous image (an in-place upgrade).
+    pub(crate) fn adopt(fd: OwnedFd) -> Listener {
+        Listener { fd }
+    }
+
     /// The socket itself.
     pub(crate) fn into_fd(self) -> OwnedFd {
         self.fd
@@ -136,6 +141,18 @@ impl UnixPath {
             Err(e) => return Err(crate::sys::context(e, format!("stat({})", path.display()))),
         }
         Ok(UnixPath { path: path.to_owned(), owner: rustix::process::getpid(), bound: None })
+    }
+
+    /// The path the primary's previous image bound (an in-place upgrade): still ours to remove
+    /// if the socket file there is the one found now.
+    pub(crate) fn adopt(path: PathBuf) -> UnixPath {
+        let bound = identity(&path);
+        UnixPath { path, owner: rustix::process::getpid(), bound }
+    }
+
+    /// The path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The bind succeeded: the socket file now at the path is ours to remove.

@@ -57,8 +57,11 @@ pub mod env {
     /// `sd_notify(3)`: where to send `READY=1`.
     pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 
-    /// Every variable above: what a worker's environment never inherits from the primary's.
-    pub(crate) const ALL: [&str; 12] = [
+    /// Every variable above, and the in-place upgrade's: what a worker's environment never
+    /// inherits from the primary's.
+    pub(crate) const ALL: [&str; 14] = [
+        crate::upgrade::UPGRADE_FD,
+        crate::upgrade::UPGRADE_CHECK,
         CHANNEL_FD,
         LANE_FD,
         HANDOFF_WINDOW,

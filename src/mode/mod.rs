@@ -35,6 +35,7 @@ pub use shared::SharedAccept;
 use crate::ListenAddr;
 use crate::accept::WorkerAccept;
 use crate::listener::{BindOptions, Listener};
+use crate::upgrade::{Line, Writer};
 
 /// How connections reach workers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +113,27 @@ pub(crate) trait Distribution: fmt::Debug {
     /// In the forked child that becomes the worker of `slot`: the listener it accepts on and
     /// how, if it accepts at all. Every other listener is closed when `self` is dropped.
     fn worker_accept(&mut self, slot: usize) -> Option<WorkerAccept>;
+
+    /// Writes what the mode holds — its listeners, by descriptor number — for the primary's
+    /// next image (an in-place upgrade: see [`crate::upgrade`]); [`import`] reads it back.
+    fn export(&self, w: &mut Writer);
+}
+
+/// The mode `mode` as the primary's previous image left it (its `mode_*` lines).
+pub(crate) fn import(mode: Mode, lines: &[Line]) -> io::Result<Box<dyn Distribution>> {
+    match mode {
+        Mode::Shared(strategy) => shared::Shared::import(strategy, lines).map(|d| Box::new(d) as Box<dyn Distribution>),
+        Mode::Handoff => handoff::Handoff::import(lines).map(|d| Box::new(d) as Box<dyn Distribution>),
+        Mode::Reuseport => reuseport::Reuseport::import(lines).map(|d| Box::new(d) as Box<dyn Distribution>),
+    }
+}
+
+/// The first line of `kind`, or an error naming it.
+fn line<'a>(lines: &'a [Line], kind: &str) -> io::Result<&'a Line> {
+    lines
+        .iter()
+        .find(|l| l.kind == kind)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("hand-over state: no {kind} line")))
 }
 
 /// Binds the listener(s) of `mode` for `slots` worker slots on `addr`. Returns the mode and the

@@ -39,6 +39,8 @@ use super::{Distribution, Slots};
 use crate::ListenAddr;
 use crate::accept::{Wait, WorkerAccept};
 use crate::listener::{BindOptions, Listener};
+use crate::upgrade::{Line, Writer};
+use std::os::fd::AsFd;
 
 /// Reuseport mode: slot `i`'s listener at index `i`.
 #[derive(Debug)]
@@ -103,7 +105,56 @@ impl Reuseport {
     }
 }
 
+impl Reuseport {
+    pub(crate) fn import(lines: &[Line]) -> io::Result<Reuseport> {
+        let head = super::line(lines, "mode_reuseport")?;
+        let addr: ListenAddr = head.text("addr")?.parse().map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("hand-over state: mode_reuseport addr: {e}"))
+        })?;
+        let group: Vec<usize> = match head.text("group")?.as_str() {
+            "" => Vec::new(),
+            list => list.split(',').map(|s| s.parse().unwrap_or(usize::MAX)).collect(),
+        };
+        let mut listeners: Vec<Option<Listener>> = Vec::new();
+        for l in lines.iter().filter(|l| l.kind == "reuseport_listener") {
+            let slot: usize = l.get("slot")?;
+            if listeners.len() <= slot {
+                listeners.resize_with(slot + 1, || None);
+            }
+            listeners[slot] = Some(Listener::adopt(l.fd("fd")?));
+        }
+        if group.iter().any(|&s| s >= listeners.len()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "hand-over state: reuseport group names a slot with no listener",
+            ));
+        }
+        let options = BindOptions {
+            reuseport: true,
+            backlog: head.get("backlog")?,
+            nonblocking: true,
+            defer_accept: head.opt("defer_accept")?,
+        };
+        Ok(Reuseport { listeners, group, steered: head.get("steered")?, addr, options })
+    }
+}
+
 impl Distribution for Reuseport {
+    fn export(&self, w: &mut Writer) {
+        let group: Vec<String> = self.group.iter().map(usize::to_string).collect();
+        w.line("mode_reuseport")
+            .text("addr", &self.addr.to_string())
+            .text("group", &group.join(","))
+            .kv("steered", self.steered)
+            .kv("backlog", self.options.backlog)
+            .kv("defer_accept", self.options.defer_accept.map_or("-".to_owned(), |s| s.to_string()));
+        for (slot, l) in self.listeners.iter().enumerate() {
+            if let Some(l) = l {
+                w.line("reuseport_listener").kv("slot", slot).fd("fd", l.as_fd());
+            }
+        }
+    }
+
     /// Every worker gets a lane: the primary hands it connections from slots without a worker.
     fn uses_lanes(&self) -> bool {
         true

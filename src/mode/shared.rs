@@ -13,6 +13,8 @@ use crate::ListenAddr;
 use crate::accept::blocking::LOOK_UP_EVERY;
 use crate::accept::{Wait, WorkerAccept};
 use crate::listener::{BindOptions, Listener};
+use crate::upgrade::{Line, Writer};
+use std::os::fd::AsFd;
 
 /// How workers wait on the shared listener.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -100,6 +102,13 @@ impl Shared {
     }
 }
 
+impl Shared {
+    pub(crate) fn import(strategy: SharedAccept, lines: &[Line]) -> io::Result<Shared> {
+        let listener = super::line(lines, "mode_shared")?.opt_fd("listener")?.map(Listener::adopt);
+        Ok(Shared { listener, strategy })
+    }
+}
+
 impl Distribution for Shared {
     fn uses_lanes(&self) -> bool {
         false
@@ -125,6 +134,14 @@ impl Distribution for Shared {
 
     fn release_slot(&mut self, _slot: usize) -> Option<Listener> {
         None
+    }
+
+    fn export(&self, w: &mut Writer) {
+        let line = w.line("mode_shared");
+        match &self.listener {
+            Some(l) => line.fd("listener", l.as_fd()),
+            None => line.kv("listener", "-"),
+        };
     }
 
     fn worker_accept(&mut self, _slot: usize) -> Option<WorkerAccept> {

@@ -28,6 +28,7 @@ mod outbox;
 mod spawn;
 mod supervise;
 mod timers;
+mod upgrade;
 #[cfg(feature = "io-uring")]
 mod uring;
 
@@ -84,6 +85,16 @@ pub(crate) struct Bound {
 /// Signals the primary reads from its signalfd (unless the host keeps them).
 const PRIMARY_SIGNALS: [i32; 6] =
     [libc::SIGINT, libc::SIGTERM, libc::SIGQUIT, libc::SIGHUP, libc::SIGTTIN, libc::SIGTTOU];
+
+/// The signals a primary with `config` takes: [`PRIMARY_SIGNALS`], and SIGUSR2 if it upgrades
+/// in place.
+fn primary_signals(config: &Config) -> Vec<i32> {
+    let mut signals = PRIMARY_SIGNALS.to_vec();
+    if config.upgrade_on_sigusr2 {
+        signals.push(libc::SIGUSR2);
+    }
+    signals
+}
 
 /// What an epoll token stands for: the kind in the top byte, an index below.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,6 +238,10 @@ pub struct Primary {
     worker_main: WorkerProgram,
     /// The service manager to tell how the cluster is doing (sd_notify), if any.
     service_manager: Option<notify::Notifier>,
+    /// An in-place upgrade was asked for: done once the queued events are out.
+    upgrade_asked: bool,
+    /// This program's path, for an in-place upgrade.
+    exe: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Primary {
@@ -251,11 +266,41 @@ impl Slots for SlotView {
 }
 
 impl Primary {
+    /// The primary the previous image of this program handed over in an in-place upgrade
+    /// (SIGUSR2; see [`crate::upgrade`]), going on with the same listeners, workers and
+    /// counters, its workers now running `worker_main` when forked; `Ok(None)` if this process
+    /// is not such a new image — then bind and start a cluster as usual.
+    ///
+    /// # Errors
+    /// A hand-over state that cannot be read (`InvalidData`, naming what is wrong), or the
+    /// primary's own descriptors failing.
+    pub fn resume<F>(worker_main: F) -> io::Result<Option<Primary>>
+    where
+        F: FnMut(&mut Worker) -> io::Result<()> + 'static,
+    {
+        match crate::upgrade::take_state()? {
+            Some(lines) => Primary::resume_from(lines, WorkerProgram::Function(Box::new(worker_main))).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// [`resume`](Self::resume) for a cluster whose workers execute `program`
+    /// ([`crate::Cluster::start_program`]).
+    ///
+    /// # Errors
+    /// As [`resume`](Self::resume).
+    pub fn resume_program(program: crate::Program) -> io::Result<Option<Primary>> {
+        match crate::upgrade::take_state()? {
+            Some(lines) => Primary::resume_from(lines, WorkerProgram::exec(program)?).map(Some),
+            None => Ok(None),
+        }
+    }
+
     pub(crate) fn start(bound: Bound, worker_main: WorkerProgram) -> io::Result<Primary> {
         let Bound { config, local_addr, mode, unix_path, counters } = bound;
         counters.count_syscalls_as_primary();
         let (signals, saved_mask) = if config.handle_signals {
-            let set = SignalSet::of(&PRIMARY_SIGNALS);
+            let set = SignalSet::of(&primary_signals(&config));
             let saved = set.block()?;
             match SignalFd::new(&set) {
                 Ok(fd) => (Some(fd), Some(saved)),
@@ -317,6 +362,8 @@ impl Primary {
             finished: false,
             ready: Vec::with_capacity(64),
             service_manager,
+            upgrade_asked: false,
+            exe: std::env::current_exe().ok(),
             worker_main,
         };
         if let Some(hb) = primary.config.heartbeat {
@@ -381,6 +428,11 @@ impl Primary {
         loop {
             if let Some(event) = self.events.pop_front() {
                 return Ok(Some(event));
+            }
+            if self.upgrade_asked {
+                // Returns only if the upgrade did not happen, with a warning queued.
+                self.upgrade_if_asked();
+                continue;
             }
             if self.finished {
                 return Ok(None);
@@ -627,6 +679,7 @@ impl Primary {
                 libc::SIGHUP => self.start_reload(),
                 libc::SIGTTIN => self.change_scale(self.target + 1),
                 libc::SIGTTOU => self.change_scale(self.target.saturating_sub(1).max(1)),
+                libc::SIGUSR2 => self.upgrade(),
                 _ => {}
             }
         }

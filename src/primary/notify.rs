@@ -34,6 +34,20 @@ pub(super) struct Notifier {
 }
 
 impl Notifier {
+    /// Whether the service manager was told `READY=1` already (for the primary's next image).
+    pub(super) fn told_ready(&self) -> bool {
+        self.phase != Phase::Starting
+    }
+
+    /// The notifier of the primary's next image: `READY=1` is not said again.
+    pub(super) fn resumed(told_ready: bool) -> Option<Notifier> {
+        let mut n = Notifier::from_env()?;
+        if told_ready {
+            n.phase = Phase::Ready;
+        }
+        Some(n)
+    }
+
     /// A notifier for the `NOTIFY_SOCKET` of this process, if it has one.
     pub(super) fn from_env() -> Option<Notifier> {
         let socket = std::env::var(crate::program::env::NOTIFY_SOCKET).ok().filter(|s| !s.is_empty())?;

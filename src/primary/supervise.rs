@@ -53,6 +53,16 @@ impl Restarts {
         Restarts { limit, window, times: VecDeque::new() }
     }
 
+    /// How long ago each counted restart was (for the primary's next image).
+    pub(super) fn ages(&self, now: Instant) -> Vec<Duration> {
+        self.times.iter().map(|&t| now.duration_since(t)).collect()
+    }
+
+    /// Counts restarts that happened `ages` ago.
+    pub(super) fn restore(&mut self, ages: &[Duration], now: Instant) {
+        self.times = ages.iter().filter_map(|&a| now.checked_sub(a)).collect();
+    }
+
     /// Records a restart now; returns `false` if it goes over the limit.
     fn allow(&mut self, now: Instant) -> bool {
         while self.times.front().is_some_and(|&t| now.duration_since(t) > self.window) {
@@ -81,6 +91,16 @@ impl Retries {
 
     pub(super) fn any(&self) -> bool {
         !self.due.is_empty()
+    }
+
+    /// The slots waiting for a fork, with the generation to fork (for the primary's next image).
+    pub(super) fn pending(&self) -> Vec<(usize, u64)> {
+        self.due.iter().map(|(&slot, &(_, _, generation))| (slot, generation)).collect()
+    }
+
+    /// Schedules `slot` for a fork at once.
+    pub(super) fn restore(&mut self, slot: usize, generation: u64, now: Instant) {
+        self.due.insert(slot, (now, FIRST_RETRY, generation));
     }
 
     pub(super) fn clear(&mut self) {

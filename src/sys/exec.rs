@@ -153,6 +153,25 @@ pub fn inherit_fd(fd: RawFd, what: &str) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Sets or clears close-on-exec on each of `fds`: cleared, they survive the coming `execve`
+/// under the same numbers (the primary's in-place upgrade).
+///
+/// # Errors
+/// `fcntl`'s failure, naming the descriptor (`EBADF`: not open).
+pub fn set_cloexec(fds: &[RawFd], cloexec: bool) -> io::Result<()> {
+    for &fd in fds {
+        // SAFETY: F_GETFD/F_SETFD read and change one flag of a descriptor number; a number
+        // that is not open fails with EBADF and nothing happens.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        let flags = if cloexec { flags | libc::FD_CLOEXEC } else { flags & !libc::FD_CLOEXEC };
+        // SAFETY: as above.
+        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags) } < 0 {
+            return Err(super::context(io::Error::last_os_error(), format!("fcntl(F_SETFD, {fd})")));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -61,6 +61,11 @@ impl Receiver {
         Ok(Receiver { fd, env })
     }
 
+    /// A receiver bound before (by the primary's previous image), with its `NOTIFY_SOCKET` value.
+    pub fn adopt(fd: OwnedFd, env: String) -> Receiver {
+        Receiver { fd, env }
+    }
+
     /// What `NOTIFY_SOCKET` must say for a program to reach this socket.
     pub fn env_value(&self) -> &str {
         &self.env

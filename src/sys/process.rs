@@ -40,6 +40,15 @@ pub struct Child {
 }
 
 impl Child {
+    /// A child this process forked before an `execve` of its own (the primary's in-place
+    /// upgrade): its pid and its pidfd, handed over. It is still this process's child, so
+    /// `waitid` reaps it as before.
+    pub fn adopt(pid: u32, pidfd: OwnedFd) -> io::Result<Child> {
+        let pid = Pid::from_raw(pid as i32)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("pid {pid} is not a pid")))?;
+        Ok(Child { pid, pidfd })
+    }
+
     /// Its pid.
     pub fn pid(&self) -> u32 {
         self.pid.as_raw_nonzero().get() as u32

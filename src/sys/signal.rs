@@ -51,6 +51,18 @@ impl SignalSet {
         set
     }
 
+    /// The set as a bit mask, bit `n - 1` for signal `n` (1 to 64), as `/proc/PID/status` shows
+    /// masks.
+    pub fn to_bits(self) -> u64 {
+        (1..=64).filter(|&s| self.contains(s)).fold(0, |bits, s| bits | 1 << (s - 1))
+    }
+
+    /// The set of a bit mask made by [`to_bits`](Self::to_bits).
+    pub fn from_bits(bits: u64) -> SignalSet {
+        let signals: Vec<i32> = (1..=64).filter(|&s| bits & (1 << (s - 1)) != 0).collect();
+        SignalSet::of(&signals)
+    }
+
     /// Whether `signal` is in the set.
     pub fn contains(&self, signal: i32) -> bool {
         // SAFETY: `self.0` is initialised.

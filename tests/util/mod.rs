@@ -55,6 +55,19 @@ impl Serve {
         Serve::from_child(spawn_herd("run", args, &[]), workers)
     }
 
+    /// The `herd` binary at `exe` (a copy), `ARGS`, waiting for `workers` listening.
+    pub fn start_exe(exe: &std::path::Path, args: &[&str], workers: usize) -> Serve {
+        let child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("spawn the herd copy");
+        Serve::from_child(child, workers)
+    }
+
     /// `herd COMMAND ARGS` with extra environment variables, waiting for `workers` listening.
     pub fn start_with_env(command: &str, args: &[&str], env: &[(&str, &str)], workers: usize) -> Serve {
         Serve::from_child(spawn_herd(command, args, env), workers)

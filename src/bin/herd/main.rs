@@ -42,6 +42,8 @@ Run `herd <COMMAND> --help` for a command's options.
 ";
 
 fn main() -> ExitCode {
+    // A primary upgrading in place (SIGUSR2) first runs this binary to check it can take over.
+    herd::upgrade::answer_check();
     let mut args = lexopt::Parser::from_env();
     let command = match args.next() {
         Ok(Some(lexopt::Arg::Value(v))) => v.to_string_lossy().into_owned(),

@@ -94,12 +94,19 @@ pub fn main(parser: lexopt::Parser) -> ExitCode {
     if let Some(delay) = args.ready_delay {
         program = program.ready_delay(Duration::from_secs_f64(delay));
     }
-    let cluster = match args.cluster.bind("run") {
-        Ok(c) => c,
-        Err(code) => return code,
+    // The new image of an in-place upgrade (SIGUSR2) takes over; otherwise, bind and start.
+    let primary = match herd::Primary::resume_program(program.clone()) {
+        Ok(Some(primary)) => Ok(primary),
+        Ok(None) => {
+            let cluster = match args.cluster.bind("run") {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            args.cluster.announce(&cluster);
+            eprintln!("{} herd: each worker runs {:?}", crate::timestamp::now(), args.command);
+            cluster.start_program(program)
+        }
+        Err(e) => Err(e),
     };
-    args.cluster.announce(&cluster);
-    eprintln!("{} herd: each worker runs {:?}", crate::timestamp::now(), args.command);
-    let result = cluster.start_program(program).and_then(|primary| primary.run(args.cluster.logger()));
-    args.cluster.finish(result)
+    args.cluster.finish(primary.and_then(|p| p.run(args.cluster.logger())))
 }

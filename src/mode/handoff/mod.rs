@@ -58,6 +58,7 @@ use crate::accept::WorkerAccept;
 use crate::channel::{Channel, ChannelError, MAX_FDS, Message};
 use crate::listener::{BindOptions, Listener};
 use crate::stats::{Counters, PrimaryCounter};
+use crate::upgrade::{Line, Writer};
 
 /// The default window of handoffs in flight per worker.
 ///
@@ -102,7 +103,17 @@ impl Handoff {
     }
 }
 
+impl Handoff {
+    pub(crate) fn import(lines: &[Line]) -> io::Result<Handoff> {
+        Ok(Handoff { listener: Listener::adopt(super::line(lines, "mode_handoff")?.fd("listener")?) })
+    }
+}
+
 impl Distribution for Handoff {
+    fn export(&self, w: &mut Writer) {
+        w.line("mode_handoff").fd("listener", self.listener.as_fd());
+    }
+
     fn uses_lanes(&self) -> bool {
         true
     }
@@ -254,6 +265,67 @@ impl Dispatcher {
 
     /// A new worker's lane: `ours` is the primary's end, `theirs` the primary's descriptor for
     /// the worker's end. Not in rotation until [`set_serving`](Self::set_serving).
+    /// Writes the lanes, the queue and the orphans for the primary's next image (an in-place
+    /// upgrade); [`import`](Self::import) reads them back. A send in flight in a ring or a
+    /// back-off in progress is not carried over: the caller upgrades only without a ring, and
+    /// a back-off simply ends.
+    pub(crate) fn export(&self, w: &mut Writer) {
+        w.line("dispatcher").kv("window", self.window).kv("cursor", self.cursor);
+        for l in &self.lanes {
+            w.line("lane")
+                .kv("key", l.key)
+                .fd("ours", l.ours.as_fd())
+                .fd("theirs", l.theirs.as_fd())
+                .kv("sent", l.sent)
+                .kv("acked", l.acked)
+                .kv("reclaimed", l.reclaimed)
+                .kv("serving", u8::from(l.serving))
+                .kv("pressure", u8::from(l.pressure))
+                .kv("max_batch", l.max_batch);
+        }
+        for fd in &self.queue {
+            w.line("queued").fd("fd", fd.as_fd());
+        }
+        for o in &self.orphans {
+            w.line("orphan").kv("key", o.key).fd("theirs", o.theirs.as_fd());
+        }
+    }
+
+    /// The dispatcher as the primary's previous image left it.
+    pub(crate) fn import(lines: &[Line], counters: Counters) -> io::Result<Dispatcher> {
+        let head = super::line(lines, "dispatcher")?;
+        let mut d = Dispatcher::new(head.get("window")?, counters);
+        d.cursor = head.get("cursor")?;
+        for l in lines.iter().filter(|l| l.kind == "lane") {
+            d.lanes.push(Lane {
+                key: l.get("key")?,
+                ours: Channel::from(l.fd("ours")?),
+                theirs: Channel::from(l.fd("theirs")?),
+                sent: l.get("sent")?,
+                acked: l.get("acked")?,
+                reclaimed: l.get("reclaimed")?,
+                serving: l.flag("serving")?,
+                pressure: l.flag("pressure")?,
+                retry_at: None,
+                next_backoff: FIRST_BACKOFF,
+                full: false,
+                max_batch: l.get::<usize>("max_batch")?.clamp(1, MAX_FDS),
+                sending: false,
+            });
+        }
+        for l in lines.iter().filter(|l| l.kind == "queued") {
+            d.queue.push_back(l.fd("fd")?);
+        }
+        let now = Instant::now();
+        for l in lines.iter().filter(|l| l.kind == "orphan") {
+            d.orphans.push(Orphan { key: l.get("key")?, theirs: Channel::from(l.fd("theirs")?), retry_at: now });
+        }
+        if d.cursor >= d.lanes.len() {
+            d.cursor = 0;
+        }
+        Ok(d)
+    }
+
     pub(crate) fn add_lane(&mut self, key: u64, ours: Channel, theirs: Channel) {
         self.lanes.push(Lane {
             key,

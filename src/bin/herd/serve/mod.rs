@@ -227,7 +227,8 @@ impl ClusterArgs {
             .defer_accept(self.defer_accept)
             .restart_limit(self.restart_limit, Duration::from_secs_f64(self.restart_window))
             .reload_timeout(Duration::from_secs_f64(self.reload_timeout))
-            .sd_notify(true);
+            .sd_notify(true)
+            .upgrade_on_sigusr2(true);
         if self.heartbeat > 0.0 {
             builder = builder
                 .heartbeat(Duration::from_secs_f64(self.heartbeat), Duration::from_secs_f64(self.heartbeat_timeout));
@@ -387,12 +388,20 @@ pub fn main(parser: lexopt::Parser) -> ExitCode {
         Ok(args) => args,
         Err(code) => return code,
     };
-    let cluster = match args.cluster.bind("serve") {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    args.cluster.announce(&cluster);
     let worker = args.worker.clone();
-    let result = cluster.run(move |w| worker.serve(w), args.cluster.logger());
-    args.cluster.finish(result)
+    // The new image of an in-place upgrade (SIGUSR2) takes over; otherwise, bind and start.
+    let primary = match herd::Primary::resume(move |w| worker.serve(w)) {
+        Ok(Some(primary)) => Ok(primary),
+        Ok(None) => {
+            let cluster = match args.cluster.bind("serve") {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            args.cluster.announce(&cluster);
+            let worker = args.worker.clone();
+            cluster.start(move |w| worker.serve(w))
+        }
+        Err(e) => Err(e),
+    };
+    args.cluster.finish(primary.and_then(|p| p.run(args.cluster.logger())))
 }
