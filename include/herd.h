@@ -88,7 +88,9 @@ typedef struct herd_builder herd_builder;
 // `herd_primary_free`.
 typedef struct herd_primary herd_primary;
 
-// A worker, seen from inside the worker callback. Opaque; valid until the callback returns.
+// A worker, seen from inside the worker callback (valid until the callback returns), or made
+// by `herd_worker_from_env` in a program `herd run` started (valid until `herd_worker_free`).
+// Opaque.
 typedef struct herd_worker herd_worker;
 
 // One event of the primary (`herd_primary_next_event`). Fields that do not apply to `kind`
@@ -362,6 +364,21 @@ int herd_primary_worker_counters(herd_primary *primary, uint32_t slot, herd_work
 // The live workers, in fork order: up to `capacity` into `out`. Returns how many there are
 // (which may be more than `capacity`).
 int herd_primary_workers(herd_primary *primary, herd_worker_info *out, size_t capacity);
+
+// For a program that `herd run` started (each worker a program of its own): the worker it
+// was started as, taken from what herd passed — the listener at descriptor 3 (`LISTEN_FDS`),
+// the channel, the lane and the counters (`HERD_CHANNEL_FD`...; see docs/exec.md). Use it as
+// the worker callback uses its handle (`herd_worker_accept`, `herd_worker_next_event`...),
+// then release it with `herd_worker_free` before exiting.
+//
+// Returns `NULL` with `errno` and `herd_last_error()` saying why: `ENOENT` if the program
+// was not started by herd (`HERD_CHANNEL_FD is not set`), `EINVAL` naming the variable for a
+// value that does not parse or a descriptor that is not open.
+herd_worker *herd_worker_from_env(void);
+
+// Releases a worker made by `herd_worker_from_env` (its descriptors close). `NULL`, and the
+// handle a worker callback was given (herd releases that one), are ignored.
+void herd_worker_free(herd_worker *worker);
 
 // The worker's slot, 0 to N-1 (a replacement takes its predecessor's).
 uint32_t herd_worker_id(herd_worker *worker);

@@ -17,9 +17,13 @@ use crate::primary::{borrowed_fds, bytes};
 /// given to `herd_start`; the worker process exits when it returns (0: success).
 pub type herd_worker_fn = extern "C" fn(worker: *mut herd_worker, user_data: *mut c_void) -> c_int;
 
-/// A worker, seen from inside the worker callback. Opaque; valid until the callback returns.
+/// A worker, seen from inside the worker callback (valid until the callback returns), or made
+/// by `herd_worker_from_env` in a program `herd run` started (valid until `herd_worker_free`).
+/// Opaque.
 pub struct herd_worker {
     worker: *mut Worker,
+    /// The worker itself, when this handle owns it (`herd_worker_from_env`).
+    owned: Option<Box<Worker>>,
     held: Held,
     ready: Vec<herd_rs::Ready>,
     /// Messages taken from the worker and not yet given to the program.
@@ -30,8 +34,50 @@ pub struct herd_worker {
 
 impl herd_worker {
     pub(crate) fn new(worker: &mut Worker) -> herd_worker {
-        herd_worker { worker, held: Held::default(), ready: Vec::new(), messages: VecDeque::new(), stopped: false }
+        herd_worker {
+            worker,
+            owned: None,
+            held: Held::default(),
+            ready: Vec::new(),
+            messages: VecDeque::new(),
+            stopped: false,
+        }
     }
+}
+
+/// For a program that `herd run` started (each worker a program of its own): the worker it
+/// was started as, taken from what herd passed — the listener at descriptor 3 (`LISTEN_FDS`),
+/// the channel, the lane and the counters (`HERD_CHANNEL_FD`...; see docs/exec.md). Use it as
+/// the worker callback uses its handle (`herd_worker_accept`, `herd_worker_next_event`...),
+/// then release it with `herd_worker_free` before exiting.
+///
+/// Returns `NULL` with `errno` and `herd_last_error()` saying why: `ENOENT` if the program
+/// was not started by herd (`HERD_CHANNEL_FD is not set`), `EINVAL` naming the variable for a
+/// value that does not parse or a descriptor that is not open.
+#[unsafe(no_mangle)]
+pub extern "C" fn herd_worker_from_env() -> *mut herd_worker {
+    crate::error::guard_ptr("herd_worker_from_env", || {
+        let mut owned = Box::new(Worker::from_env()?);
+        let mut handle = herd_worker::new(&mut owned);
+        handle.owned = Some(owned);
+        Ok(Box::into_raw(Box::new(handle)))
+    })
+}
+
+/// Releases a worker made by `herd_worker_from_env` (its descriptors close). `NULL`, and the
+/// handle a worker callback was given (herd releases that one), are ignored.
+#[unsafe(no_mangle)]
+pub extern "C" fn herd_worker_free(worker: *mut herd_worker) {
+    guard_value("herd_worker_free", (), || {
+        // SAFETY: a non-NULL handle came from `herd_worker_from_env` (Box::into_raw) or is the
+        // callback's (checked below: it owns nothing and is not released here).
+        if let Some(handle) = unsafe { worker.as_mut() } {
+            if handle.owned.is_some() {
+                // SAFETY: made by Box::into_raw in `herd_worker_from_env`, released once.
+                drop(unsafe { Box::from_raw(worker) });
+            }
+        }
+    })
 }
 
 type Parts<'a> = (&'a mut Worker, &'a mut Held, &'a mut Vec<herd_rs::Ready>);

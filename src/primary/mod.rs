@@ -14,11 +14,14 @@
 //! | second `SIGINT`, `SIGQUIT` | immediate shutdown: SIGKILL every worker | [`Primary::shutdown`]`(false)` |
 //! | `SIGHUP` | rolling reload: fork a new generation; retire each old worker once its replacement listens | [`Primary::reload`] |
 //! | `SIGTTIN` / `SIGTTOU` | one worker more / one fewer | [`Primary::scale`] |
+//! | `SIGUSR2` (with [`crate::Builder::upgrade_on_sigusr2`]) | upgrade in place: execute the binary now at this program's path, same pid, same workers (`upgrade.rs`) | [`Primary::upgrade`] |
 //!
 //! The supervision logic (restarts, fork retries, reloads, scaling, heartbeats) is in
 //! `supervise.rs`; forking and what a forked child does before it runs the user's code, in
 //! `spawn.rs`; the program's API to its workers (messages, kill, disconnect), in `control.rs`;
-//! the primary's accepting, in `accepting.rs`; sends that never block, in `outbox.rs`.
+//! the primary's accepting, in `accepting.rs`; sends that never block, in `outbox.rs`; workers
+//! that execute a program (`herd run`), in `exec.rs`; telling a service manager how the cluster
+//! is doing (sd_notify), in `notify.rs`; the in-place upgrade, in `upgrade.rs`.
 
 mod accepting;
 mod control;
