@@ -20,7 +20,8 @@
 //!
 //! A worker is *listening* once it says so on its channel (programs linked with herd), once it
 //! sends `READY=1` on its `NOTIFY_SOCKET`, or once [`Program::ready_delay`] has passed. A worker
-//! that has spoken on its channel is stopped with a `Stop` message; one that never has gets
+//! that has spoken on its channel (any frame but `Online` and `Warning`) is stopped with a
+//! `Stop` message; one that never has (or has closed its channel since) gets
 //! `SIGTERM` (what most servers take as "finish and exit"); both get `SIGKILL` after the
 //! shutdown timeout.
 

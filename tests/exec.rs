@@ -337,3 +337,37 @@ fn herd_worker_outside_herd_says_why_it_cannot_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("HERD_CHANNEL_FD=9") && err.contains("not open"), "{err}");
 }
+
+/// A program may make its listener blocking (Python's `setblocking(True)`): the flag belongs to
+/// the open file, which the primary shares in reuseport mode. The primary must still never
+/// sleep in `accept4` — here when it drains the listener of a slot scaled away.
+#[test]
+fn a_program_that_makes_its_listener_blocking_never_blocks_the_primary() {
+    let Some(python) = python() else { return };
+    let code = "import os, socket, signal, sys\n\
+                s = socket.socket(fileno=3)\n\
+                s.setblocking(True)\n\
+                signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n\
+                body = ('worker %s pid %d\\n' % (os.environ['HERD_WORKER_ID'], os.getpid())).encode()\n\
+                head = b'HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\nConnection: close\\r\\n\\r\\n' % len(body)\n\
+                while True:\n\
+                \x20   c, _ = s.accept()\n\
+                \x20   c.recv(65536)\n\
+                \x20   c.sendall(head + body)\n\
+                \x20   c.close()\n";
+    let serve = Serve::start_run(
+        &["--mode", "reuseport", "-w", "2", "-l", "127.0.0.1:0", "--ready-delay", "0.2", "--", python, "-c", code],
+        2,
+    );
+    let (_, failures) = load(&serve.target, 50, 2);
+    assert!(failures.is_empty(), "{}", summary(&failures));
+    // Slot 1 goes: its program gets SIGTERM and exits, then the primary drains its listener.
+    serve.signal(Signal::TTOU);
+    serve.wait_for_log(|l| l.contains("herd: exit worker=1"), 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, failures) = load(&serve.target, 50, 2);
+    assert!(failures.is_empty(), "after scaling down: {}", summary(&failures));
+    // A primary asleep in accept4 would never read this SIGTERM.
+    let stopped = serve.stop();
+    assert!(stopped.status.success(), "{:?}\n{}", stopped.status, stopped.log.join("\n"));
+}

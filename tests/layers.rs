@@ -1,7 +1,8 @@
 //! The library's layers flow one way (docs/architecture.md):
 //!
 //! ```text
-//! sys → addr, channel, stats, listener, stream → accept → mode → config, event → worker → primary → cluster
+//! sys → addr, channel, stats, listener, upgrade → stream, program → accept, activation → mode
+//!     → config, event → worker → primary → cluster
 //! ```
 //!
 //! This test reads every file under `src/` (but the command-line tool) and fails if code — not
@@ -18,8 +19,11 @@ const LAYERS: &[(&str, u32)] = &[
     ("channel", 1),
     ("stats", 1),
     ("listener", 1),
+    ("upgrade", 1),
     ("stream", 2),
+    ("program", 2),
     ("accept", 3),
+    ("activation", 3),
     ("mode", 4),
     ("config", 5),
     ("event", 5),
@@ -45,6 +49,7 @@ const REEXPORTS: &[(&str, &str)] = &[
     ("WorkerEvent", "worker"),
     ("WorkerListener", "worker"),
     ("Primary", "primary"),
+    ("Program", "program"),
     ("Cluster", "cluster"),
     ("Builder", "cluster"),
     ("Config", "config"),

@@ -202,6 +202,16 @@ pub(crate) fn classify(err: io::Error) -> Accepted {
     }
 }
 
+/// [`accept`] on a listener another program shares and may have made blocking (its
+/// `O_NONBLOCK` belongs to the open file, which the program holds too): looks first, and only
+/// accepts if a connection is waiting, so the caller never sleeps in `accept4`.
+pub(crate) fn accept_shared(listener: impl AsFd) -> Accepted {
+    if !crate::sys::listen::has_pending(&listener) {
+        return Accepted::Empty;
+    }
+    accept(listener)
+}
+
 /// One `accept4(SOCK_CLOEXEC | SOCK_NONBLOCK)`, classified.
 pub(crate) fn accept(listener: impl AsFd) -> Accepted {
     match crate::sys::listen::accept(listener, true) {

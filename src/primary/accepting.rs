@@ -134,11 +134,16 @@ impl Primary {
 
     /// Listener `id` is readable: accepts a burst and hands it to the dispatcher.
     pub(super) fn accept_burst(&mut self, id: usize) -> io::Result<()> {
+        let guarded = self.listeners_shared_with_programs();
         let Some(listener) = self.mode.as_ref().and_then(|m| m.listener(id)) else { return Ok(()) };
+        if guarded {
+            let _ = listener.set_nonblocking(true);
+        }
         let mut burst: Vec<OwnedFd> = Vec::new();
         let mut backoff = None;
         while burst.len() < ACCEPT_BURST {
-            match accept::accept(listener) {
+            let accepted = if guarded { accept::accept_shared(listener) } else { accept::accept(listener) };
+            match accepted {
                 Accepted::Connection(fd) => burst.push(fd),
                 Accepted::Empty => break,
                 Accepted::Retry => continue,
@@ -232,10 +237,24 @@ impl Primary {
         let _ = (id, self.io.as_ref().map(|io| io.epoll.delete(listener)));
     }
 
+    /// Whether the listeners the primary accepts on are also held by programs its workers
+    /// execute (reuseport mode under `herd run`). Such a program may clear the listener's
+    /// `O_NONBLOCK` — the flag belongs to the open file, shared with the primary — and an
+    /// `accept4` on an empty queue would then put the primary to sleep. So the primary sets the
+    /// flag again before each burst and looks (`poll`) before each accept.
+    fn listeners_shared_with_programs(&self) -> bool {
+        matches!(self.worker_main, super::WorkerProgram::Exec(_)) && self.config.mode == crate::Mode::Reuseport
+    }
+
     fn drain_and_close(&mut self, slot: usize, listener: Listener) {
+        let guarded = self.listeners_shared_with_programs();
+        if guarded {
+            let _ = listener.set_nonblocking(true);
+        }
         let mut burst = Vec::new();
         loop {
-            match accept::accept(&listener) {
+            let accepted = if guarded { accept::accept_shared(&listener) } else { accept::accept(&listener) };
+            match accepted {
                 Accepted::Connection(fd) => burst.push(fd),
                 Accepted::Retry => continue,
                 Accepted::Empty => break,

@@ -188,6 +188,8 @@ struct WorkerHandle {
     /// sent something there besides the `Online` herd sent for it. Such a worker is stopped with
     /// `Stop`, pinged by the heartbeat and handed connections; another is stopped with SIGTERM.
     speaks: bool,
+    /// It executes a program (`herd run`) rather than running a function of this one.
+    program: bool,
     /// A program's sd_notify socket.
     notify: Option<crate::sys::notify::Receiver>,
     /// A program not heard from is counted as listening at this time (its ready delay).
@@ -728,8 +730,9 @@ impl Primary {
             w.asked_to_exit = true;
             self.accepting.dirty = true;
         }
-        if !w.speaks {
-            // A program that does not read its channel takes the usual signal instead.
+        if !w.speaks || (w.program && !w.connected) {
+            // A program that does not read its channel (or closed it) takes the usual signal
+            // instead.
             let _ = w.child.signal(libc::SIGTERM);
         } else if w.connected {
             self.send_control(key, Message::Stop, &[]);

@@ -79,6 +79,7 @@ impl Primary {
                     watching_writable: false,
                     outbox_retry: None,
                     speaks: !execs,
+                    program: execs,
                     notify,
                     ready_at: match &self.worker_main {
                         WorkerProgram::Exec(plan) => plan.program.delay().map(|d| Instant::now() + d),

@@ -160,6 +160,7 @@ impl Primary {
                 .kv("asked_to_exit", u8::from(h.asked_to_exit))
                 .kv("hung", u8::from(h.hung))
                 .kv("speaks", u8::from(h.speaks))
+                .kv("program", u8::from(h.program))
                 .kv(
                     "ready_in_ms",
                     h.ready_at.map_or("-".to_owned(), |t| ms(t.saturating_duration_since(now)).to_string()),
@@ -283,6 +284,7 @@ impl Primary {
                     watching_writable: false,
                     outbox_retry: None,
                     speaks: l.flag("speaks")?,
+                    program: l.flag("program")?,
                     notify,
                     ready_at: l.opt::<u64>("ready_in_ms")?.map(|m| now + from_ms(m)),
                 },

@@ -166,3 +166,11 @@ pub fn local_unix_path(fd: impl AsFd) -> io::Result<std::path::PathBuf> {
         None => Err(io::Error::new(io::ErrorKind::InvalidInput, "a Unix socket with no path (abstract or unnamed)")),
     }
 }
+
+/// Whether a connection is waiting on `listener` right now (`poll` with a zero timeout).
+/// Errors count as "not ready": the caller's accept would report them.
+pub fn has_pending(listener: impl AsFd) -> bool {
+    let mut fds = [rustix::event::PollFd::new(&listener, rustix::event::PollFlags::IN)];
+    super::tally::count(1);
+    matches!(rustix::event::poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 })), Ok(n) if n > 0)
+}

@@ -382,7 +382,15 @@ impl Dispatcher {
         let lane = &mut self.lanes[i];
         match message {
             Message::Ack { received } => {
-                lane.acked = lane.acked.max(received);
+                // A worker cannot have received more than was sent to it: a larger total (a
+                // bug in a worker program) would lift the window for good.
+                if received > lane.sent {
+                    self.warnings.push(format!(
+                        "worker lane (key {}) acknowledged {received} handoffs, but {} were sent",
+                        lane.key, lane.sent
+                    ));
+                }
+                lane.acked = lane.acked.max(received.min(lane.sent));
                 if std::mem::take(&mut lane.full) {
                     self.writability.push((lane.key, false));
                 }
@@ -716,6 +724,22 @@ mod tests {
         d.on_lane_readable(0);
         assert_eq!(received(&mut workers[0]), [2, 3], "the next two, numbered on");
         assert_eq!(d.queued(), 1);
+    }
+
+    #[test]
+    fn an_ack_for_more_than_was_sent_does_not_open_the_window_wider() {
+        let (mut d, mut workers) = dispatcher(1, 2);
+        for _ in 0..6 {
+            d.push_all([connection()]);
+        }
+        assert_eq!(received(&mut workers[0]).len(), 2);
+        // A worker program that acknowledges what it never got (a bug in another language's
+        // implementation of the protocol) must not lift the window.
+        workers[0].send(&Message::Ack { received: 1_000 }, &[]).unwrap();
+        d.on_lane_readable(0);
+        assert_eq!(received(&mut workers[0]).len(), 2, "the window, not 1 000");
+        assert_eq!(d.queued(), 2);
+        assert!(d.take_warnings().iter().any(|w| w.contains("acknowledged 1000")), "and it is said");
     }
 
     #[test]
