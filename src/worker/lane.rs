@@ -10,6 +10,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::channel::{Channel, ChannelError, Message};
+use crate::stats::{Counters, WorkerCounter};
 
 /// How many frames one [`LaneReader::read`] takes at most before letting the worker look at
 /// its other sources (level-triggered epoll reports the lane again if more wait).
@@ -41,11 +42,24 @@ pub(crate) struct LaneReader {
     ack_every: u64,
     /// The sequence number the next handoff should carry at least.
     next_seq: u64,
+    /// Where each received handoff is counted, the moment its frame leaves the lane — so a
+    /// worker killed in the middle of a read leaves no handoff that is neither counted as
+    /// received nor left in the lane for the primary to take back.
+    counters: Counters,
+    slot: usize,
 }
 
 impl LaneReader {
-    pub(crate) fn new(channel: Channel, window: usize) -> LaneReader {
-        LaneReader { channel, received: 0, acked: 0, ack_every: window.div_ceil(2).max(1) as u64, next_seq: 0 }
+    pub(crate) fn new(channel: Channel, window: usize, counters: Counters, slot: usize) -> LaneReader {
+        LaneReader {
+            channel,
+            received: 0,
+            acked: 0,
+            ack_every: window.div_ceil(2).max(1) as u64,
+            next_seq: 0,
+            counters,
+            slot,
+        }
     }
 
     /// Reads up to [`FRAMES_PER_READ`] frames, appending each handed-off connection to `into`
@@ -62,6 +76,7 @@ impl LaneReader {
                         }
                         self.next_seq = seq + r.fds.len() as u64;
                         self.received += r.fds.len() as u64;
+                        self.counters.bump_worker(self.slot, WorkerCounter::HandoffsReceived, r.fds.len() as u64);
                         into.extend(r.fds);
                     }
                     other => warnings.push(format!("unexpected {other:?} on the lane")),
@@ -103,7 +118,6 @@ impl AsFd for LaneReader {
 mod tests {
     use super::*;
     use crate::mode::handoff::Dispatcher;
-    use crate::stats::Counters;
 
     fn connection() -> OwnedFd {
         rustix::io::dup(std::io::stdin()).expect("dup stdin")
@@ -116,7 +130,7 @@ mod tests {
         let mut d = Dispatcher::new(4, Counters::new(1).unwrap());
         d.add_lane(0, ours, copy);
         d.set_serving(0, true);
-        let mut lane = LaneReader::new(theirs, 4);
+        let mut lane = LaneReader::new(theirs, 4, Counters::new(1).unwrap(), 0);
         let (mut got, mut warnings) = (VecDeque::new(), Vec::new());
         for round in 0..10 {
             for _ in 0..2 {
@@ -134,7 +148,7 @@ mod tests {
     #[test]
     fn a_bad_frame_between_two_handoffs_costs_only_itself() {
         let (primary, theirs) = Channel::pair().unwrap();
-        let mut lane = LaneReader::new(theirs, 32);
+        let mut lane = LaneReader::new(theirs, 32, Counters::new(1).unwrap(), 0);
         let a = connection();
         primary.send(&Message::Handoff { seq: 0 }, &[a.as_fd()]).unwrap();
         // A frame of the handoff kind whose header claims two descriptors but carries one.

@@ -238,7 +238,7 @@ impl Worker {
         let lane = match lane {
             Some((channel, window)) => {
                 epoll.add(&channel, TOKEN_LANE, Interest::READABLE)?;
-                Some(LaneReader::new(channel, window))
+                Some(LaneReader::new(channel, window, counters.clone(), id))
             }
             None => None,
         };

@@ -190,7 +190,6 @@ impl Worker {
         self.counters.bump_worker(self.id, WorkerCounter::HandoffsAcked, acked);
         if !self.handed.is_empty() {
             self.counters.bump_worker(self.id, WorkerCounter::Wakeups, 1);
-            self.counters.bump_worker(self.id, WorkerCounter::HandoffsReceived, self.handed.len() as u64);
         }
         for fd in self.handed.drain(..) {
             let stream = Stream::new(fd, self.kind, self.counters.clone(), self.id);
@@ -399,7 +398,6 @@ impl Worker {
                 LaneState::Reading => {
                     let read = lane.read(&mut self.handed, &mut self.warnings.queue)?;
                     for fd in self.handed.drain(..) {
-                        self.counters.bump_worker(self.id, WorkerCounter::HandoffsReceived, 1);
                         let stream = Stream::new(fd, self.kind, self.counters.clone(), self.id);
                         self.events.push_back(WorkerEvent::Connection(stream));
                     }
