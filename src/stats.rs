@@ -99,26 +99,30 @@ const SLOTS_IN_USE: usize = 7;
 #[derive(Clone, Debug)]
 pub struct Counters {
     region: Arc<SharedRegion>,
+    /// The memfd behind the region, for programs the workers execute and for the primary's
+    /// next image; closed with the last `Counters`.
+    memfd: Arc<std::os::fd::OwnedFd>,
     capacity: usize,
 }
 
 impl Counters {
     /// Maps a region for the primary and up to `capacity` worker slots.
     pub(crate) fn new(capacity: usize) -> std::io::Result<Counters> {
-        Ok(Counters { region: Arc::new(SharedRegion::new(capacity + 1)?), capacity })
+        let (region, memfd) = SharedRegion::new(capacity + 1)?;
+        Ok(Counters { region: Arc::new(region), memfd: Arc::new(memfd), capacity })
     }
 
     /// Maps the region of the cluster this process was started by (`herd run`), from the memfd
     /// it passed.
     pub(crate) fn from_fd(fd: std::os::fd::OwnedFd) -> std::io::Result<Counters> {
-        let region = SharedRegion::from_fd(fd)?;
+        let (region, memfd) = SharedRegion::from_fd(fd)?;
         let capacity = region.lines().len() - 1;
-        Ok(Counters { region: Arc::new(region), capacity })
+        Ok(Counters { region: Arc::new(region), memfd: Arc::new(memfd), capacity })
     }
 
     /// The memfd behind the region (see `sys::shm`).
     pub(crate) fn memfd(&self) -> std::os::fd::BorrowedFd<'_> {
-        std::os::fd::AsFd::as_fd(&*self.region)
+        std::os::fd::AsFd::as_fd(&*self.memfd)
     }
 
     /// How many worker slots have been used so far (the highest slot ever started, plus one).

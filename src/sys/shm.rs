@@ -15,7 +15,7 @@
 //! [`memfd_create(2)`]: https://man7.org/linux/man-pages/man2/memfd_create.2.html
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU64;
 
@@ -26,11 +26,14 @@ use std::sync::atomic::AtomicU64;
 pub struct CacheLine(pub [AtomicU64; 8]);
 
 /// A `MAP_SHARED` mapping of a memfd of `lines` cache lines, zero-filled by the kernel.
+///
+/// The mapping does not hold the memfd: [`SharedRegion::new`] hands it to the caller, who
+/// keeps it as long as it may pass it on. (The system-call tally keeps mappings alive for the
+/// life of the process; it must not keep a descriptor open with them.)
 #[derive(Debug)]
 pub struct SharedRegion {
     ptr: NonNull<CacheLine>,
     lines: usize,
-    fd: OwnedFd,
 }
 
 // SAFETY: the region holds only atomics, which may be shared and sent across threads.
@@ -41,7 +44,7 @@ unsafe impl Sync for SharedRegion {}
 impl SharedRegion {
     /// Corresponds to `memfd_create("herd-counters", MFD_CLOEXEC)`, `ftruncate` to `lines * 64`
     /// bytes and `mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)`.
-    pub fn new(lines: usize) -> io::Result<SharedRegion> {
+    pub fn new(lines: usize) -> io::Result<(SharedRegion, OwnedFd)> {
         let lines = lines.max(1);
         let len = lines * std::mem::size_of::<CacheLine>();
         let fd = rustix::fs::memfd_create("herd-counters", rustix::fs::MemfdFlags::CLOEXEC)
@@ -57,7 +60,7 @@ impl SharedRegion {
     /// # Errors
     /// `InvalidInput` if the file's size is not a whole number of cache lines; `fstat` or
     /// `mmap`'s error (`EACCES`, `ENODEV` for a descriptor that is not a mappable file).
-    pub fn from_fd(fd: OwnedFd) -> io::Result<SharedRegion> {
+    pub fn from_fd(fd: OwnedFd) -> io::Result<(SharedRegion, OwnedFd)> {
         let st = rustix::fs::fstat(&fd).map_err(|e| super::context(super::from_errno(e), "fstat(counters memfd)"))?;
         let line = std::mem::size_of::<CacheLine>() as i64;
         if st.st_size < line || st.st_size % line != 0 {
@@ -69,7 +72,7 @@ impl SharedRegion {
         SharedRegion::map(fd, (st.st_size / line) as usize)
     }
 
-    fn map(fd: OwnedFd, lines: usize) -> io::Result<SharedRegion> {
+    fn map(fd: OwnedFd, lines: usize) -> io::Result<(SharedRegion, OwnedFd)> {
         let len = lines * std::mem::size_of::<CacheLine>();
         // SAFETY: a fresh shared mapping of a file no Rust object aliases; the file is `len`
         // bytes (zero-filled by the kernel, or written only through atomics by other processes
@@ -87,7 +90,7 @@ impl SharedRegion {
         }
         .map_err(|e| super::context(super::from_errno(e), "mmap(MAP_SHARED, counters memfd)"))?;
         let ptr = NonNull::new(ptr.cast::<CacheLine>()).expect("mmap returned a null mapping");
-        Ok(SharedRegion { ptr, lines, fd })
+        Ok((SharedRegion { ptr, lines }, fd))
     }
 
     /// The region as a slice of cache lines.
@@ -95,13 +98,6 @@ impl SharedRegion {
         // SAFETY: the mapping is `lines` CacheLines long, zero-initialised (a valid value of
         // atomics), aligned, and lives until `self` is dropped; only shared references are made.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.lines) }
-    }
-}
-
-impl AsFd for SharedRegion {
-    /// The memfd behind the region, to pass to a program a worker executes.
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
     }
 }
 

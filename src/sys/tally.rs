@@ -85,7 +85,7 @@ mod tests {
 
     #[test]
     fn counts_into_the_chosen_cell() {
-        let region = Arc::new(SharedRegion::new(2).unwrap());
+        let region = Arc::new(SharedRegion::new(2).unwrap().0);
         count_into(&region, 1, 3);
         count(2);
         count(1);
