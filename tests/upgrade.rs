@@ -143,3 +143,23 @@ fn a_broken_or_missing_binary_leaves_the_old_primary_serving() {
     assert!(stopped.status.success());
     assert!(!stopped.log.iter().any(|l| l.contains("herd: upgraded")));
 }
+
+#[test]
+fn a_primary_with_its_own_ring_refuses_to_upgrade_and_says_why() {
+    let deploy = Deploy::new("ring");
+    let serve = Serve::start_exe(
+        &deploy.exe,
+        &["serve", "--mode", "handoff", "--backend", "io-uring", "-w", "2", "-l", "127.0.0.1:0"],
+        2,
+    );
+    if serve.log().iter().any(|l| l.contains("io-uring is unavailable")) {
+        eprintln!("SKIPPED: io_uring is unavailable here: {}", serve.log().join(" | "));
+        return;
+    }
+    serve.signal(Signal::USR2);
+    let line = serve.wait_for_log(|l| l.contains("upgrade refused"), 1);
+    assert!(line.contains("io_uring primary"), "{line}");
+    let (_, failures) = util::load(&serve.target, 100, 4);
+    assert!(failures.is_empty(), "{}", summary(&failures));
+    assert!(serve.stop().status.success());
+}
