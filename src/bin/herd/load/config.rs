@@ -70,6 +70,23 @@ pub struct LoadConfig {
     pub sources: usize,
     /// How many workers the server has, if known, so a worker that got nothing shows as zero.
     pub workers: Option<usize>,
+    /// The share of requests that ask for `GET /block/{slow_ms}` (a slow handler) instead of
+    /// the URL: every `round(1 / slow_fraction)`-th request of each thread. 0: none.
+    pub slow_fraction: f64,
+    /// How long a slow request blocks its worker, in ms.
+    pub slow_ms: u64,
+    /// A stalled worker: once, `stall_after` into the run, one more connection asks for
+    /// `GET /block/{ms}` and holds whichever worker takes it that long.
+    pub stall: Option<Stall>,
+}
+
+/// One worker blocked for a long time while the load runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stall {
+    /// How long the worker is blocked.
+    pub ms: u64,
+    /// When, from the start of the run.
+    pub after: Duration,
 }
 
 impl LoadConfig {
@@ -85,7 +102,15 @@ impl LoadConfig {
             timeout: Duration::from_secs(2),
             sources: 8,
             workers: None,
+            slow_fraction: 0.0,
+            slow_ms: 100,
+            stall: None,
         }
+    }
+
+    /// Every how many requests one is slow (0: none).
+    pub fn slow_every(&self) -> u64 {
+        if self.slow_fraction > 0.0 { (1.0 / self.slow_fraction).round().max(1.0) as u64 } else { 0 }
     }
 
     /// Checks the limits; the message is one line.
@@ -107,6 +132,9 @@ impl LoadConfig {
         }
         if self.sources > MAX_SOURCES {
             return Err(format!("sources must be at most {MAX_SOURCES}"));
+        }
+        if !(0.0..=1.0).contains(&self.slow_fraction) {
+            return Err("the slow fraction must be from 0 to 1".into());
         }
         Ok(())
     }

@@ -35,7 +35,7 @@ use rustix::net::{self, SendFlags};
 use super::config::Mode;
 use super::http::{Progress, Response, ResponseParser};
 use super::socket::Dialer;
-use super::stats::{Cause, ErrorKind, Tally};
+use super::stats::{Cause, ErrorKind, Kind, Tally};
 
 /// What the engine should do with the slot after an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +68,11 @@ pub struct Ctx<'a> {
     pub tally: &'a mut Tally,
     pub mode: Mode,
     pub timeout: Duration,
+    /// The slow request (`GET /block/MS`), sent every `slow_every`-th time; 0: never.
+    pub slow_request: &'a [u8],
+    pub slow_every: u64,
+    /// Requests this thread has started.
+    pub started: u64,
 }
 
 /// One connection slot.
@@ -85,6 +90,8 @@ pub struct Conn {
     parser: ResponseParser,
     /// A complete churn response waiting for the server's end of file, with its latency.
     pending: Option<(Response, Duration)>,
+    /// What the current request is.
+    kind: Kind,
 }
 
 impl Conn {
@@ -101,6 +108,7 @@ impl Conn {
             deadline: now,
             parser: ResponseParser::new(),
             pending: None,
+            kind: Kind::default(),
         }
     }
 
@@ -129,6 +137,7 @@ impl Conn {
         if ctx.mode == Mode::Churn {
             self.close();
         }
+        let first = self.fd.is_none();
         if self.fd.is_none() {
             match dialer.dial() {
                 Ok(fd) => self.fd = Some(fd),
@@ -138,6 +147,8 @@ impl Conn {
                 }
             }
         }
+        ctx.started += 1;
+        self.kind = Kind { slow: ctx.slow_every > 0 && ctx.started % ctx.slow_every == 0, first };
         self.started = now;
         self.deadline = now + ctx.timeout;
         self.written = 0;
@@ -186,11 +197,12 @@ impl Conn {
 
     fn send(&mut self, ctx: &mut Ctx<'_>) -> Step {
         let Some(fd) = &self.fd else { return Step::Wait };
+        let request = if self.kind.slow { ctx.slow_request } else { ctx.request };
         loop {
-            match net::send(fd, &ctx.request[self.written..], SendFlags::NOSIGNAL) {
+            match net::send(fd, &request[self.written..], SendFlags::NOSIGNAL) {
                 Ok(n) => {
                     self.written += n;
-                    if self.written == ctx.request.len() {
+                    if self.written == request.len() {
                         self.phase = Phase::Receiving;
                         return self.watch(ctx, false);
                     }
@@ -271,7 +283,7 @@ impl Conn {
                 let latency = now.saturating_duration_since(self.started);
                 if ctx.mode == Mode::KeepAlive && response.reusable {
                     self.phase = Phase::Idle;
-                    record(ctx.tally, response, latency);
+                    record(ctx.tally, response, latency, self.kind);
                     Some(Step::Done)
                 } else {
                     // Keep reading: the server's end of file completes the exchange.
@@ -295,7 +307,7 @@ impl Conn {
         };
         match done {
             Some((response, latency)) => {
-                record(ctx.tally, response, latency);
+                record(ctx.tally, response, latency, self.kind);
                 self.close();
                 Step::Done
             }
@@ -311,9 +323,9 @@ impl Conn {
 }
 
 /// Counts a complete response: 2xx is a success, anything else a `bad_status` error.
-fn record(tally: &mut Tally, response: Response, latency: Duration) {
+fn record(tally: &mut Tally, response: Response, latency: Duration, kind: Kind) {
     if (200..300).contains(&response.status) {
-        tally.success(latency, response.worker);
+        tally.success(latency, response.worker, kind);
     } else {
         tally.errors.add(ErrorKind::BadStatus);
     }

@@ -23,12 +23,15 @@ use rustix::event::epoll::{self, CreateFlags, Event};
 use rustix::io::Errno;
 use rustix::time::Timespec;
 
-use super::config::{LoadConfig, Mode};
+use std::io::{Read, Write};
+
+use super::config::{LoadConfig, Mode, Stall};
 use super::conn::{Conn, Ctx, Step};
-use super::http::build_request;
-use super::report::LoadReport;
+use super::http::{build_request, parse_worker};
+use super::report::{LoadReport, StallOutcome, StallReport};
 use super::socket::Dialer;
 use super::stats::Tally;
+use super::url::{Endpoint, Target};
 
 /// Bytes read per `read` call; far more than a typical response, so one read usually suffices.
 const READ_BUF: usize = 64 * 1024;
@@ -52,10 +55,13 @@ struct Plan {
 pub fn run(cfg: &LoadConfig) -> std::io::Result<LoadReport> {
     cfg.validate().map_err(|msg| std::io::Error::new(std::io::ErrorKind::InvalidInput, msg))?;
     let request = build_request(&cfg.target, cfg.mode);
+    let slow_request = build_request(&blocking(&cfg.target, cfg.slow_ms), cfg.mode);
     let threads = cfg.effective_threads();
     let start = Instant::now();
     let deadline = cfg.duration.map(|d| start + d);
+    let mut stalled = None;
     let results: Vec<std::io::Result<(Tally, Instant)>> = thread::scope(|scope| {
+        let stall = cfg.stall.map(|s| scope.spawn(move || stall_one_worker(cfg, s, start, deadline)));
         let mut handles = Vec::with_capacity(threads);
         let mut results = Vec::with_capacity(threads);
         for index in 0..threads {
@@ -65,10 +71,10 @@ pub fn run(cfg: &LoadConfig) -> std::io::Result<LoadReport> {
                 requests: cfg.requests.map(|n| split(n, threads, index)),
                 deadline,
             };
-            let request = &request;
+            let (request, slow_request) = (&request, &slow_request);
             match thread::Builder::new()
                 .name(format!("herd-load-{index}"))
-                .spawn_scoped(scope, move || event_loop(cfg, request, &plan))
+                .spawn_scoped(scope, move || event_loop(cfg, request, slow_request, &plan))
             {
                 Ok(handle) => handles.push(handle),
                 Err(e) => results.push(Err(e)),
@@ -77,6 +83,7 @@ pub fn run(cfg: &LoadConfig) -> std::io::Result<LoadReport> {
         for handle in handles {
             results.push(handle.join().unwrap_or_else(|_| Err(std::io::Error::other("a load thread panicked"))));
         }
+        stalled = stall.and_then(|h| h.join().ok());
         results
     });
     let mut tally = Tally::default();
@@ -95,8 +102,12 @@ pub fn run(cfg: &LoadConfig) -> std::io::Result<LoadReport> {
         errors: tally.errors,
         elapsed: end - start,
         latency_us: tally.latency,
+        fast_latency_us: tally.fast_latency,
+        slow_requests: tally.slow,
         workers: tally.workers,
+        connections_per_worker: tally.connections,
         expected_workers: cfg.workers,
+        stall: cfg.stall.map(|s| StallReport { ms: s.ms, outcome: stalled.flatten() }),
     })
 }
 
@@ -107,15 +118,58 @@ fn split(total: u64, parts: usize, index: usize) -> u64 {
     total / parts + u64::from(index < total % parts)
 }
 
+/// `target` with the path `/block/MS`: a request that blocks the worker MS milliseconds.
+fn blocking(target: &Target, ms: u64) -> Target {
+    Target { path: format!("/block/{ms}"), ..target.clone() }
+}
+
+/// The stalled worker: at `stall.after`, one request that blocks whichever worker takes it
+/// for `stall.ms`, on a connection of its own. Returns the worker that answered and how long
+/// the request took; `None` if it failed or the run ended first.
+fn stall_one_worker(cfg: &LoadConfig, stall: Stall, start: Instant, deadline: Option<Instant>) -> Option<StallOutcome> {
+    let at = start + stall.after;
+    if deadline.is_some_and(|d| at >= d) {
+        return None;
+    }
+    thread::sleep(at.saturating_duration_since(Instant::now()));
+    let request = build_request(&blocking(&cfg.target, stall.ms), Mode::Churn);
+    let timeout = Some(Duration::from_millis(stall.ms) + cfg.timeout);
+    let began = Instant::now();
+    let mut response = Vec::new();
+    let done = match &cfg.target.endpoint {
+        Endpoint::Tcp(addr) => std::net::TcpStream::connect_timeout(addr, cfg.timeout).and_then(|mut s| {
+            s.set_read_timeout(timeout)?;
+            s.write_all(&request)?;
+            s.read_to_end(&mut response)
+        }),
+        Endpoint::Unix(path) => std::os::unix::net::UnixStream::connect(path).and_then(|mut s| {
+            s.set_read_timeout(timeout)?;
+            s.write_all(&request)?;
+            s.read_to_end(&mut response)
+        }),
+    };
+    done.ok()?;
+    Some(StallOutcome { worker: parse_worker(&response), took: began.elapsed() })
+}
+
 /// One thread's loop; see the module docs. Returns its tally and when it stopped.
-fn event_loop(cfg: &LoadConfig, request: &[u8], plan: &Plan) -> std::io::Result<(Tally, Instant)> {
+fn event_loop(cfg: &LoadConfig, request: &[u8], slow_request: &[u8], plan: &Plan) -> std::io::Result<(Tally, Instant)> {
     let epoll = epoll::create(CreateFlags::CLOEXEC)?;
     let offset = plan.index * cfg.sources / cfg.effective_threads();
     let mut dialer = Dialer::new(&cfg.target.endpoint, cfg.sources, offset, cfg.mode == Mode::KeepAlive)?;
     let mut tally = Tally::default();
     let mut buf = vec![0u8; READ_BUF];
-    let mut ctx =
-        Ctx { epoll: epoll.as_fd(), request, buf: &mut buf, tally: &mut tally, mode: cfg.mode, timeout: cfg.timeout };
+    let mut ctx = Ctx {
+        epoll: epoll.as_fd(),
+        request,
+        buf: &mut buf,
+        tally: &mut tally,
+        mode: cfg.mode,
+        timeout: cfg.timeout,
+        slow_request,
+        slow_every: cfg.slow_every(),
+        started: 0,
+    };
     let now = Instant::now();
     let mut conns: Vec<Conn> = (0..plan.connections).map(|slot| Conn::new(slot, now)).collect();
     let mut events: Vec<Event> = Vec::with_capacity(plan.connections.clamp(1, MAX_EVENTS));

@@ -80,6 +80,14 @@ options:
       --sources N       spread IPv4 connections over N source addresses 127.0.0.2.. so
                         churn does not run out of ports; 0 lets the kernel choose (default 8)
       --workers N       the server's worker count, so idle workers show as 0 (optional)
+      --slow-fraction F a skewed load: this share of requests (every round(1/F)-th of each
+                        thread) asks for /block/MS instead of URL's path: a slow handler that
+                        blocks its worker (herd serve and herd worker answer it) (default 0)
+      --slow-ms MS      how long a slow request blocks its worker (default 100)
+      --stall-ms MS     a stalled worker: once, on a connection of its own, GET /block/MS
+                        blocks whichever worker takes it; reported: that worker, and how many
+                        fast requests waited at least MS/2 behind it
+      --stall-after SECS  when the stall starts, from the start of the run (default 0.5)
       --json            print one JSON object instead of the table
   -h, --help            print this help
 
@@ -90,7 +98,11 @@ index (sum x)^2 / (n * sum x^2) over them: 1.0 is perfectly even.
 
 JSON keys: url, mode, connections, threads, requests, errors{refused,reset,timeout,
 bad_status,no_port,other}, elapsed_s, rps, p50_us, p90_us, p99_us, p999_us, max_us,
-per_worker (counts indexed by worker id), jain (null without worker data).
+per_worker (counts indexed by worker id), jain (null without worker data), max_min,
+per_worker_connections (connections by the worker that answered their first request),
+connection_jain, slow_requests, fast_p50_us, fast_p99_us, fast_p999_us, fast_max_us (the
+requests that were not slow on purpose), stall{ms,worker,took_ms,waited} (null without
+--stall-ms).
 
 exit status: 0 if any request succeeded, 1 if none did or the run could not start,
 2 for bad arguments or a refused URL.
@@ -138,6 +150,10 @@ fn parse_args(mut args: lexopt::Parser) -> Result<Option<Cli>, String> {
     let mut sources = 8;
     let mut workers = None;
     let mut json = false;
+    let mut slow_fraction = 0.0;
+    let mut slow_ms = 100;
+    let mut stall_ms = None;
+    let mut stall_after = Duration::from_millis(500);
     while let Some(arg) = args.next().map_err(|e| e.to_string())? {
         match arg {
             Short('h') | Long("help") => return Ok(None),
@@ -155,6 +171,22 @@ fn parse_args(mut args: lexopt::Parser) -> Result<Option<Cli>, String> {
             Long("sources") => sources = number(&mut args, "--sources", 0, MAX_SOURCES as u64)? as usize,
             Long("workers") => workers = Some(number(&mut args, "--workers", 1, 65_536)? as usize),
             Long("json") => json = true,
+            Long("slow-fraction") => {
+                let v = text(&mut args, "--slow-fraction")?;
+                slow_fraction = match v.parse::<f64>() {
+                    Ok(x) if (0.0..=1.0).contains(&x) => x,
+                    _ => return Err(format!("invalid --slow-fraction {v:?}: expected a number from 0 to 1")),
+                };
+            }
+            Long("slow-ms") => slow_ms = number(&mut args, "--slow-ms", 1, 600_000)?,
+            Long("stall-ms") => stall_ms = Some(number(&mut args, "--stall-ms", 1, 600_000)?),
+            Long("stall-after") => {
+                let v = text(&mut args, "--stall-after")?;
+                stall_after = match v.parse::<f64>() {
+                    Ok(s) if (0.0..=86_400.0).contains(&s) => Duration::from_secs_f64(s),
+                    _ => return Err(format!("invalid --stall-after {v:?}: expected seconds from 0 to 86400")),
+                };
+            }
             Value(v) if url.is_none() => url = Some(v.into_string().map_err(|v| format!("URL is not UTF-8: {v:?}"))?),
             Value(v) => return Err(format!("unexpected argument {v:?}: only one URL is allowed")),
             _ => return Err(arg.unexpected().to_string()),
@@ -174,6 +206,9 @@ fn parse_args(mut args: lexopt::Parser) -> Result<Option<Cli>, String> {
     config.timeout = Duration::from_millis(timeout_ms);
     config.sources = sources;
     config.workers = workers;
+    config.slow_fraction = slow_fraction;
+    config.slow_ms = slow_ms;
+    config.stall = stall_ms.map(|ms| config::Stall { ms, after: stall_after });
     config.validate()?;
     Ok(Some(Cli { config, json }))
 }

@@ -31,10 +31,36 @@ pub struct LoadReport {
     pub elapsed: Duration,
     /// Latency of successful responses, in µs.
     pub latency_us: Histogram<u64>,
+    /// Latency of the successful responses that were not slow on purpose, in µs.
+    pub fast_latency_us: Histogram<u64>,
+    /// Successful responses to slow requests (`--slow-fraction`).
+    pub slow_requests: u64,
     /// Successful responses by the worker id their body named.
     pub workers: BTreeMap<usize, u64>,
+    /// Connections by the worker that answered their first request.
+    pub connections_per_worker: BTreeMap<usize, u64>,
     /// The server's worker count, if known; ids below it appear in reports even with no requests.
     pub expected_workers: Option<usize>,
+    /// The stalled worker (`--stall-ms`), if one was asked for.
+    pub stall: Option<StallReport>,
+}
+
+/// The stalled worker's request: whom it held, and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StallOutcome {
+    /// The worker that answered it (and was blocked).
+    pub worker: Option<usize>,
+    /// How long it took.
+    pub took: Duration,
+}
+
+/// What `--stall-ms` asked for and what happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StallReport {
+    /// How long the stall blocked its worker, in ms.
+    pub ms: u64,
+    /// `None` if the stall request failed or the run ended before it was due.
+    pub outcome: Option<StallOutcome>,
 }
 
 /// Latency percentiles in µs; all zero when nothing was recorded.
@@ -89,9 +115,34 @@ impl LoadReport {
         jain(&self.per_worker())
     }
 
+    /// Connections per worker id (the worker that answered each one's first request).
+    pub fn connections_per_worker(&self) -> Vec<u64> {
+        let len = self.per_worker().len();
+        let mut counts = vec![0; len.max(self.connections_per_worker.keys().next_back().map_or(0, |&id| id + 1))];
+        for (&id, &n) in &self.connections_per_worker {
+            counts[id] = n;
+        }
+        counts
+    }
+
+    /// The largest count over the smallest (infinite if a worker got none).
+    pub fn max_over_min(counts: &[u64]) -> Option<f64> {
+        let (max, min) = (counts.iter().max()?, counts.iter().min()?);
+        (*max > 0).then(|| if *min == 0 { f64::INFINITY } else { *max as f64 / *min as f64 })
+    }
+
+    /// Fast requests (not slow on purpose) that took at least half the stall: those that
+    /// waited behind the stalled worker.
+    pub fn waited_behind_stall(&self) -> Option<u64> {
+        let stall = self.stall?;
+        let threshold = stall.ms * 1000 / 2;
+        Some(self.fast_latency_us.count_between(threshold.max(1), u64::MAX))
+    }
+
     /// The report as one line of JSON.
     pub fn to_json(&self) -> String {
         let p = self.percentiles();
+        let fast = Percentiles::of(&self.fast_latency_us);
         let errors: Map<String, Value> =
             self.errors.by_kind().into_iter().map(|(name, n)| (name.to_owned(), n.into())).collect();
         json!({
@@ -110,6 +161,20 @@ impl LoadReport {
             "max_us": p.max,
             "per_worker": self.per_worker(),
             "jain": self.jain().map(|j| json_number(j, 6)),
+            "max_min": LoadReport::max_over_min(&self.per_worker()).map(|r| json_number(r, 3)),
+            "per_worker_connections": self.connections_per_worker(),
+            "connection_jain": jain(&self.connections_per_worker()).map(|j| json_number(j, 6)),
+            "slow_requests": self.slow_requests,
+            "fast_p50_us": fast.p50,
+            "fast_p99_us": fast.p99,
+            "fast_p999_us": fast.p999,
+            "fast_max_us": fast.max,
+            "stall": self.stall.map(|s| json!({
+                "ms": s.ms,
+                "worker": s.outcome.and_then(|o| o.worker),
+                "took_ms": s.outcome.map(|o| json_number(o.took.as_secs_f64() * 1000.0, 1)),
+                "waited": self.waited_behind_stall(),
+            })),
         })
         .to_string()
     }
@@ -140,6 +205,25 @@ impl fmt::Display for LoadReport {
         writeln!(f)?;
         writeln!(f, "  latency µs {:>9} {:>9} {:>9} {:>9} {:>9}", "p50", "p90", "p99", "p99.9", "max")?;
         writeln!(f, "             {:>9} {:>9} {:>9} {:>9} {:>9}", p.p50, p.p90, p.p99, p.p999, p.max)?;
+        if self.slow_requests > 0 || self.stall.is_some() {
+            let q = Percentiles::of(&self.fast_latency_us);
+            writeln!(f, "  fast only  {:>9} {:>9} {:>9} {:>9} {:>9}", q.p50, q.p90, q.p99, q.p999, q.max)?;
+            writeln!(f, "  ({} slow requests on purpose left out)", self.slow_requests)?;
+        }
+        if let Some(s) = &self.stall {
+            match s.outcome {
+                Some(o) => writeln!(
+                    f,
+                    "  stall: worker {} blocked {} ms (took {:.0} ms); {} fast requests waited at least {} ms",
+                    o.worker.map_or("?".to_owned(), |w| w.to_string()),
+                    s.ms,
+                    o.took.as_secs_f64() * 1000.0,
+                    self.waited_behind_stall().unwrap_or(0),
+                    s.ms / 2
+                )?,
+                None => writeln!(f, "  stall: the {} ms request failed or the run ended first", s.ms)?,
+            }
+        }
         writeln!(f)?;
         let counts = self.per_worker();
         let total: u64 = counts.iter().sum();
@@ -161,6 +245,14 @@ impl fmt::Display for LoadReport {
                 write!(f, "{:.3}", max as f64 / min as f64)?;
             }
             writeln!(f, " (worker {hi} {:.2}%, worker {lo} {:.2}%)", share(max, total), share(min, total))?;
+        }
+        if self.mode == Mode::KeepAlive {
+            let conns = self.connections_per_worker();
+            write!(f, "  connections per worker {conns:?}")?;
+            if let Some(j) = jain(&conns) {
+                write!(f, "  jain {j:.4}")?;
+            }
+            writeln!(f)?;
         }
         Ok(())
     }
@@ -191,10 +283,37 @@ mod tests {
             requests: 1000,
             errors,
             elapsed: Duration::from_millis(2500),
+            fast_latency_us: latency_us.clone(),
             latency_us,
+            slow_requests: 0,
             workers: BTreeMap::from([(0, 600), (2, 400)]),
+            connections_per_worker: BTreeMap::from([(0, 600), (2, 400)]),
             expected_workers: Some(4),
+            stall: None,
         }
+    }
+
+    #[test]
+    fn reports_connections_the_fast_requests_and_the_stall() {
+        let mut r = report();
+        r.mode = Mode::KeepAlive;
+        r.connections_per_worker = BTreeMap::from([(0, 3), (1, 3), (2, 2)]);
+        r.slow_requests = 10;
+        r.stall = Some(StallReport {
+            ms: 8,
+            outcome: Some(StallOutcome { worker: Some(1), took: Duration::from_millis(9) }),
+        });
+        assert_eq!(r.connections_per_worker(), [3, 3, 2, 0], "idle workers show as 0");
+        // Latencies 10..=10000 µs: those of at least 4 ms (half the stall) waited behind it.
+        assert_eq!(r.waited_behind_stall(), Some(601));
+        let json = r.to_json();
+        assert!(json.contains("\"per_worker_connections\":[3,3,2,0]"), "{json}");
+        assert!(json.contains("\"stall\":{\"ms\":8,\"worker\":1,\"took_ms\":9.0,\"waited\":601}"), "{json}");
+        let text = r.to_string();
+        assert!(text.contains("stall: worker 1 blocked 8 ms"), "{text}");
+        assert!(text.contains("connections per worker [3, 3, 2, 0]"), "{text}");
+        assert_eq!(LoadReport::max_over_min(&[4, 2]), Some(2.0));
+        assert_eq!(LoadReport::max_over_min(&[4, 0]), Some(f64::INFINITY));
     }
 
     #[test]
@@ -229,7 +348,7 @@ mod tests {
             "\"requests\":1000,\"errors\":{\"refused\":1,\"reset\":0,\"timeout\":0,\"bad_status\":0,\"no_port\":0,\"other\":1}"
         ));
         assert!(json.contains("\"elapsed_s\":2.5,\"rps\":400.0,\"p50_us\":"), "{json}");
-        assert!(json.contains("\"per_worker\":[600,0,400,0],\"jain\":0.480769}"), "{json}");
+        assert!(json.contains("\"per_worker\":[600,0,400,0],\"jain\":0.480769,"), "{json}");
         assert!(!json.contains('\n'));
     }
 

@@ -137,21 +137,54 @@ pub struct Tally {
     pub latency: Histogram<u64>,
     /// Successful responses per worker id found in the body.
     pub workers: BTreeMap<usize, u64>,
+    /// Connections per worker id: the worker that answered each connection's first request
+    /// (in churn, every request's connection).
+    pub connections: BTreeMap<usize, u64>,
+    /// Latency of the successful requests that were not slow on purpose, µs.
+    pub fast_latency: Histogram<u64>,
+    /// Successful requests that were slow on purpose (`/block/MS`).
+    pub slow: u64,
 }
 
 impl Default for Tally {
     fn default() -> Self {
-        Tally { requests: 0, errors: Errors::default(), latency: latency_histogram(), workers: BTreeMap::new() }
+        Tally {
+            requests: 0,
+            errors: Errors::default(),
+            latency: latency_histogram(),
+            workers: BTreeMap::new(),
+            connections: BTreeMap::new(),
+            fast_latency: latency_histogram(),
+            slow: 0,
+        }
     }
+}
+
+/// What kind of request a response answered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Kind {
+    /// It asked for `/block/MS`.
+    pub slow: bool,
+    /// It was the first request on its connection.
+    pub first: bool,
 }
 
 impl Tally {
     /// Counts a successful response.
-    pub fn success(&mut self, latency: Duration, worker: Option<usize>) {
+    pub fn success(&mut self, latency: Duration, worker: Option<usize>, kind: Kind) {
         self.requests += 1;
-        self.latency.saturating_record(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.latency.saturating_record(us);
+        if kind.slow {
+            self.slow += 1;
+        } else {
+            self.fast_latency.saturating_record(us);
+        }
         if let Some(id) = worker {
             *self.workers.entry(id).or_insert(0) += 1;
+            if kind.first {
+                *self.connections.entry(id).or_insert(0) += 1;
+            }
         }
     }
 
@@ -164,6 +197,11 @@ impl Tally {
         for (&id, &n) in &other.workers {
             *self.workers.entry(id).or_insert(0) += n;
         }
+        for (&id, &n) in &other.connections {
+            *self.connections.entry(id).or_insert(0) += n;
+        }
+        self.fast_latency.add(&other.fast_latency).expect("histograms with equal bounds add");
+        self.slow += other.slow;
     }
 }
 
@@ -182,11 +220,11 @@ mod tests {
     #[test]
     fn merges_tallies() {
         let mut a = Tally::default();
-        a.success(Duration::from_micros(100), Some(0));
+        a.success(Duration::from_micros(100), Some(0), Kind { slow: false, first: true });
         a.errors.add(ErrorKind::Other(Cause::Protocol("bad")));
         let mut b = Tally::default();
-        b.success(Duration::from_micros(300), Some(0));
-        b.success(Duration::from_secs(120), Some(2));
+        b.success(Duration::from_micros(300), Some(0), Kind::default());
+        b.success(Duration::from_secs(120), Some(2), Kind { slow: true, first: true });
         b.errors.add(ErrorKind::Other(Cause::Protocol("bad")));
         b.errors.add(ErrorKind::Timeout);
         a.merge(&b);
@@ -196,5 +234,7 @@ mod tests {
         assert_eq!(a.workers, BTreeMap::from([(0, 2), (2, 1)]));
         assert_eq!(a.latency.len(), 3);
         assert!(a.latency.max() >= MAX_LATENCY_US, "overlong latencies saturate");
+        assert_eq!(a.connections, BTreeMap::from([(0, 1), (2, 1)]), "first requests count connections");
+        assert_eq!((a.slow, a.fast_latency.len()), (1, 2), "slow requests stay out of the fast histogram");
     }
 }
