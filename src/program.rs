@@ -14,6 +14,9 @@
 //! | [`env::WORKER_ID`], [`env::GENERATION`], [`env::MODE`], [`env::BACKEND`] | all | the slot, the reload generation, the mode, the backend |
 //! | `NOTIFY_SOCKET` | all | a socket of the worker's own for `READY=1` (sd_notify) |
 //!
+//! In `shared/epoll-balance` mode one more follows, [`env::BALANCE_FD`]: the cluster's hand-on
+//! eventfd.
+//!
 //! Descriptors go from 3 up in that order (listener, channel, lane, counters); every other one
 //! is closed at exec, every signal disposition is the default and the signal mask is empty.
 //! A program linked with herd takes all of it with [`crate::Worker::from_env`].
@@ -41,6 +44,8 @@ pub mod env {
     pub const HANDOFF_WINDOW: &str = "HERD_HANDOFF_WINDOW";
     /// The counters memfd's descriptor.
     pub const COUNTERS_FD: &str = "HERD_COUNTERS_FD";
+    /// `shared/epoll-balance`: the cluster's hand-on eventfd.
+    pub const BALANCE_FD: &str = "HERD_BALANCE_FD";
     /// The worker's slot, 0 to N-1.
     pub const WORKER_ID: &str = "HERD_WORKER_ID";
     /// The reload generation the worker belongs to.
@@ -60,9 +65,10 @@ pub mod env {
 
     /// Every variable above, and the in-place upgrade's: what a worker's environment never
     /// inherits from the primary's.
-    pub(crate) const ALL: [&str; 14] = [
+    pub(crate) const ALL: [&str; 15] = [
         crate::upgrade::UPGRADE_FD,
         crate::upgrade::UPGRADE_CHECK,
+        BALANCE_FD,
         CHANNEL_FD,
         LANE_FD,
         HANDOFF_WINDOW,

@@ -39,6 +39,11 @@ pub struct WorkerStats {
     /// `read` and `write`. Exact: each wrapper counts its own call. The program's own calls
     /// (reading and writing its connections, closing them) are not herd's and not counted.
     pub syscalls: u64,
+    /// Connections the slot's worker holds now: a gauge, up with each connection it gets, down
+    /// with each it finishes; reset when a slot's last worker has exited (what it held died
+    /// with it). The `epoll-balance` strategy steps a worker out of the accept queue while
+    /// this is above the cluster's mean.
+    pub live: u64,
 }
 
 impl WorkerStats {
@@ -79,6 +84,7 @@ pub(crate) enum WorkerCounter {
     HandoffsAcked,
     Closed,
     Syscalls,
+    Live,
 }
 
 /// Indexes into the primary's cache line.
@@ -94,6 +100,9 @@ pub(crate) enum PrimaryCounter {
 
 /// Where the primary records how many slots are in use (its line's last cell).
 const SLOTS_IN_USE: usize = 7;
+/// Where the primary records which slots have a worker that takes connections now: bit `s` for
+/// slot `s` (slots 0 to 63).
+const SERVING_SLOTS: usize = 6;
 
 /// The shared counter region: line 0 is the primary's, line `1 + slot` is worker slot `slot`'s.
 #[derive(Clone, Debug)]
@@ -149,6 +158,41 @@ impl Counters {
         self.line(1 + slot).0[which as usize].fetch_add(by, Ordering::Relaxed);
     }
 
+    /// One more live connection in `slot` (`more`), or one fewer.
+    pub(crate) fn live_changed(&self, slot: usize, more: bool) {
+        let cell = &self.line(1 + slot).0[WorkerCounter::Live as usize];
+        if more {
+            cell.fetch_add(1, Ordering::Relaxed);
+        } else {
+            // Never below zero: a reset (the slot's last worker exited) may come between.
+            let _ = cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(1)));
+        }
+    }
+
+    /// The slot's last worker has exited: the connections it held went with it.
+    pub(crate) fn reset_live(&self, slot: usize) {
+        self.line(1 + slot).0[WorkerCounter::Live as usize].store(0, Ordering::Relaxed);
+    }
+
+    /// Records which slots have a worker taking connections (bit `s` for slot `s`).
+    pub(crate) fn set_serving_slots(&self, mask: u64) {
+        self.line(0).0[SERVING_SLOTS].store(mask, Ordering::Relaxed);
+    }
+
+    /// Whether `slot`'s live connections are well above the mean of the slots that take
+    /// connections: above it rounded up. `false` when the slot is the only one serving or the
+    /// mask does not cover it (more than 64 slots), so that somebody always accepts.
+    pub(crate) fn above_mean(&self, slot: usize) -> bool {
+        let mask = self.line(0).0[SERVING_SLOTS].load(Ordering::Relaxed);
+        if slot >= 64 || mask & (1 << slot) == 0 || mask.count_ones() < 2 {
+            return false;
+        }
+        let live = |s: usize| self.line(1 + s).0[WorkerCounter::Live as usize].load(Ordering::Relaxed);
+        let total: u64 = (0..64.min(self.capacity)).filter(|s| mask & (1 << s) != 0).map(live).sum();
+        let serving = u64::from(mask.count_ones());
+        live(slot) > total.div_ceil(serving)
+    }
+
     pub(crate) fn bump_primary(&self, which: PrimaryCounter, by: u64) {
         self.line(0).0[which as usize].fetch_add(by, Ordering::Relaxed);
     }
@@ -179,6 +223,7 @@ impl Counters {
             handoffs_acked: get(WorkerCounter::HandoffsAcked),
             closed: get(WorkerCounter::Closed),
             syscalls: get(WorkerCounter::Syscalls),
+            live: get(WorkerCounter::Live),
         }
     }
 
@@ -221,6 +266,7 @@ impl Snapshot {
             handoffs_acked: a.handoffs_acked + w.handoffs_acked,
             closed: a.closed + w.closed,
             syscalls: a.syscalls + w.syscalls,
+            live: a.live + w.live,
         })
     }
 }
@@ -250,5 +296,32 @@ impl fmt::Display for Snapshot {
             "primary: accepted {} dispatched {} queued {} requeued {} syscalls {}",
             p.accepted, p.dispatched, p.queued, p.requeued, p.syscalls
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_live_gauge_and_the_mean_of_the_serving_slots() {
+        let c = Counters::new(4).unwrap();
+        for (slot, n) in [(0, 6), (1, 2), (2, 1), (3, 40)] {
+            for _ in 0..n {
+                c.live_changed(slot, true);
+            }
+        }
+        c.live_changed(2, false);
+        c.live_changed(2, false);
+        assert_eq!(c.worker(2).live, 0, "never below zero");
+        // Slot 3 is not serving (its worker is gone or leaving): it is not in the mean.
+        c.set_serving_slots(0b0111);
+        assert!(c.above_mean(0), "6 against a mean of (6 + 2 + 0) / 3, rounded up: 3");
+        assert!(!c.above_mean(1) && !c.above_mean(2));
+        assert!(!c.above_mean(3), "a slot that does not serve never steps out");
+        c.set_serving_slots(0b0001);
+        assert!(!c.above_mean(0), "the only serving slot always accepts");
+        c.reset_live(0);
+        assert_eq!(c.worker(0).live, 0);
     }
 }

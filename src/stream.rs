@@ -52,6 +52,7 @@ impl Stream {
             StreamKind::Tcp => Inner::Tcp(TcpStream::from(fd)),
             StreamKind::Unix => Inner::Unix(UnixStream::from(fd)),
         };
+        counters.live_changed(slot, true);
         Stream { inner: Some(inner), counters, slot }
     }
 
@@ -173,6 +174,7 @@ fn unix_has_no_ip(what: &str) -> io::Error {
 impl Drop for Stream {
     fn drop(&mut self) {
         self.counters.bump_worker(self.slot, WorkerCounter::Closed, 1);
+        self.counters.live_changed(self.slot, false);
     }
 }
 

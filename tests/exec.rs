@@ -19,8 +19,15 @@ use util::{Serve, assert_all_gone, counters, fd_count, load, load_bodies, summar
 
 const HERD: &str = env!("CARGO_BIN_EXE_herd");
 
-const MODES: [&str; 6] =
-    ["shared", "shared/epoll", "shared/epoll-exclusive", "shared/blocking", "handoff", "reuseport"];
+const MODES: [&str; 7] = [
+    "shared",
+    "shared/epoll",
+    "shared/epoll-exclusive",
+    "shared/blocking",
+    "shared/epoll-balance",
+    "handoff",
+    "reuseport",
+];
 
 fn example(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name).display().to_string()

@@ -246,3 +246,52 @@ fn every_worker_api_serves_in_every_mode() {
         }
     }
 }
+
+#[test]
+fn shared_epoll_balance_serves_every_connection() {
+    let c = serve_and_count(&["--mode", "shared", "--accept", "epoll-balance"], "epoll");
+    assert!(c.shares.iter().all(|&s| s > 0), "every worker served: {:?}", c.shares);
+}
+
+/// Long keep-alive connections opened all at once: `epoll-balance` spreads them, whoever the
+/// kernel wakes first, because a worker above the mean leaves the accept queue. (How evenly
+/// the *requests* then spread is the scheduler's: benchmarks measure it, see docs/fairness.md.)
+#[test]
+fn shared_epoll_balance_spreads_long_connections() {
+    use std::io::{BufRead, BufReader, Write};
+    let workers = 4;
+    let serve =
+        util::Serve::start(&["--mode", "shared", "--accept", "epoll-balance", "-w", "4", "-l", "127.0.0.1:0", "-q"], 0);
+    std::thread::sleep(Duration::from_millis(300));
+    let util::Target::Tcp(addr) = serve.target.clone() else { unreachable!() };
+    // 32 connections at once, each asking one request and staying open.
+    let connections: Vec<std::net::TcpStream> = (0..32).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+    let mut per_worker = vec![0usize; workers];
+    for mut c in &connections {
+        c.set_read_timeout(Some(util::IO_TIMEOUT)).unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: herd\r\n\r\n").unwrap();
+    }
+    for c in &connections {
+        let mut reader = BufReader::new(c);
+        let mut line = String::new();
+        let mut length = 0;
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; length];
+        std::io::Read::read_exact(&mut reader, &mut body).unwrap();
+        per_worker[util::worker_of(&String::from_utf8_lossy(&body))] += 1;
+    }
+    // Within the rule's reach: at most one above the mean (8) before a worker steps out, and
+    // what was already queued for it when it did.
+    assert!(per_worker.iter().all(|&n| (4..=12).contains(&n)), "connections per worker: {per_worker:?}");
+    drop(connections);
+    assert!(serve.stop().status.success());
+}

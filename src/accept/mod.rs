@@ -112,6 +112,9 @@ pub(crate) enum Wait {
     Rotate,
     /// A thread parked in a blocking `accept` (the kernel's FIFO of exclusive waiters).
     Thread,
+    /// [`Wait::Rotate`], and out of the wait queue while this worker holds more live
+    /// connections than the mean (`epoll-balance`).
+    Balance,
 }
 
 /// A listener a worker accepts on, how it waits on it, and with which backend.
@@ -121,12 +124,19 @@ pub(crate) struct WorkerAccept {
     pub(crate) wait: Wait,
     #[cfg_attr(not(feature = "io-uring"), allow(dead_code))]
     pub(crate) backend: Backend,
+    /// [`Wait::Balance`]: the cluster's hand-on eventfd (see `accept/epoll.rs`).
+    pub(crate) nudge: Option<crate::sys::eventfd::EventFd>,
 }
 
 impl WorkerAccept {
     /// `listener`, waited on as `wait` on epoll (the primary chooses the backend: [`Self::on`]).
     pub(crate) fn new(listener: Listener, wait: Wait) -> WorkerAccept {
-        WorkerAccept { listener, wait, backend: Backend::Epoll }
+        WorkerAccept { listener, wait, backend: Backend::Epoll, nudge: None }
+    }
+
+    /// The same, with the cluster's hand-on eventfd ([`Wait::Balance`]).
+    pub(crate) fn with_nudge(self, nudge: Option<crate::sys::eventfd::EventFd>) -> WorkerAccept {
+        WorkerAccept { nudge, ..self }
     }
 
     /// The same, on `backend`.
@@ -144,7 +154,7 @@ impl Wait {
         match self {
             Wait::Own | Wait::Exclusive => Some(UringWait::Multishot),
             Wait::Rotate => Some(UringWait::Rearmed),
-            Wait::Level | Wait::Thread => None,
+            Wait::Level | Wait::Thread | Wait::Balance => None,
         }
     }
 }

@@ -242,9 +242,15 @@ mod tests {
 
     #[test]
     fn modes_parse_and_print_back() {
-        for s in
-            ["shared/epoll", "shared/epoll-exclusive", "shared/epoll-rotate", "shared/blocking", "handoff", "reuseport"]
-        {
+        for s in [
+            "shared/epoll",
+            "shared/epoll-exclusive",
+            "shared/epoll-rotate",
+            "shared/blocking",
+            "shared/epoll-balance",
+            "handoff",
+            "reuseport",
+        ] {
             assert_eq!(s.parse::<Mode>().unwrap().to_string(), s);
         }
         assert_eq!("shared".parse::<Mode>().unwrap(), Mode::Shared(SharedAccept::default()));

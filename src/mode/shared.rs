@@ -33,12 +33,23 @@ pub enum SharedAccept {
     /// A thread per worker parked in a blocking `accept`: the kernel queues blocked acceptors
     /// FIFO and wakes one, so this is fair too.
     Blocking,
+    /// `epoll-rotate`, load-aware: a worker whose live connections are above the mean of the
+    /// workers that take connections (read from the shared counters, no message) steps out of
+    /// the listener's wait queue until it is back at the mean — nginx's `ngx_accept_disabled`,
+    /// made exact. Even under long keep-alive connections, which rotation alone cannot spread:
+    /// a busy worker first in the queue still takes the wakeup.
+    EpollBalance,
 }
 
 impl SharedAccept {
     /// Every strategy, in the order `herd bench` shows them.
-    pub const ALL: [SharedAccept; 4] =
-        [SharedAccept::Epoll, SharedAccept::EpollExclusive, SharedAccept::EpollRotate, SharedAccept::Blocking];
+    pub const ALL: [SharedAccept; 5] = [
+        SharedAccept::Epoll,
+        SharedAccept::EpollExclusive,
+        SharedAccept::EpollRotate,
+        SharedAccept::Blocking,
+        SharedAccept::EpollBalance,
+    ];
 
     /// The strategy's name, as `--accept` takes it.
     pub fn name(&self) -> &'static str {
@@ -47,6 +58,7 @@ impl SharedAccept {
             SharedAccept::EpollExclusive => "epoll-exclusive",
             SharedAccept::EpollRotate => "epoll-rotate",
             SharedAccept::Blocking => "blocking",
+            SharedAccept::EpollBalance => "epoll-balance",
         }
     }
 }
@@ -58,7 +70,7 @@ impl FromStr for SharedAccept {
         SharedAccept::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| ParseModeError {
             what: "accept strategy",
             input: s.to_owned(),
-            expected: "epoll, epoll-exclusive, epoll-rotate, blocking",
+            expected: "epoll, epoll-exclusive, epoll-rotate, blocking, epoll-balance",
         })
     }
 }
@@ -74,6 +86,8 @@ impl fmt::Display for SharedAccept {
 pub(crate) struct Shared {
     listener: Option<Listener>,
     strategy: SharedAccept,
+    /// `epoll-balance`: the hand-on eventfd every worker watches (see `accept/epoll.rs`).
+    nudge: Option<crate::sys::eventfd::EventFd>,
 }
 
 impl Shared {
@@ -98,14 +112,20 @@ impl Shared {
             crate::sys::listen::set_accept_timeout(&listener, LOOK_UP_EVERY)?;
         }
         let bound = super::bound_addr(addr, &listener)?;
-        Ok((Shared { listener: Some(listener), strategy }, bound))
+        let nudge = match strategy {
+            SharedAccept::EpollBalance => Some(crate::sys::eventfd::EventFd::new()?),
+            _ => None,
+        };
+        Ok((Shared { listener: Some(listener), strategy, nudge }, bound))
     }
 }
 
 impl Shared {
     pub(crate) fn import(strategy: SharedAccept, lines: &[Line]) -> io::Result<Shared> {
-        let listener = super::line(lines, "mode_shared")?.opt_fd("listener")?.map(Listener::adopt);
-        Ok(Shared { listener, strategy })
+        let line = super::line(lines, "mode_shared")?;
+        let listener = line.opt_fd("listener")?.map(Listener::adopt);
+        let nudge = line.opt_fd("nudge")?.map(crate::sys::eventfd::EventFd::adopt);
+        Ok(Shared { listener, strategy, nudge })
     }
 }
 
@@ -142,11 +162,16 @@ impl Distribution for Shared {
             Some(l) => line.fd("listener", l.as_fd()),
             None => line.kv("listener", "-"),
         };
+        match &self.nudge {
+            Some(n) => line.fd("nudge", n.as_fd()),
+            None => line.kv("nudge", "-"),
+        };
     }
 
     fn worker_accept(&mut self, _slot: usize) -> Option<WorkerAccept> {
         let wait = self.strategy.wait();
-        self.listener.take().map(|listener| WorkerAccept::new(listener, wait))
+        let nudge = self.nudge.take();
+        self.listener.take().map(|listener| WorkerAccept::new(listener, wait).with_nudge(nudge))
     }
 }
 
@@ -158,6 +183,7 @@ impl SharedAccept {
             SharedAccept::EpollExclusive => Wait::Exclusive,
             SharedAccept::EpollRotate => Wait::Rotate,
             SharedAccept::Blocking => Wait::Thread,
+            SharedAccept::EpollBalance => Wait::Balance,
         }
     }
 }

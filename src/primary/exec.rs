@@ -78,6 +78,10 @@ impl Primary {
         });
         fds.push(self.counters.memfd());
         let counters_fd = number(&fds);
+        let balance_fd = accept.as_ref().and_then(|a| a.nudge.as_ref()).map(|n| {
+            fds.push(n.as_fd());
+            number(&fds)
+        });
         if listener_fd.is_some() {
             vars.push((env::LISTEN_FDS, "1".into()));
             vars.push((env::LISTEN_PID, std::process::id().to_string()));
@@ -89,6 +93,9 @@ impl Primary {
             vars.push((env::HANDOFF_WINDOW, self.config.handoff_window.to_string()));
         }
         vars.push((env::COUNTERS_FD, counters_fd.to_string()));
+        if let Some(fd) = balance_fd {
+            vars.push((env::BALANCE_FD, fd.to_string()));
+        }
         vars.push((env::WORKER_ID, slot.to_string()));
         vars.push((env::GENERATION, generation.to_string()));
         vars.push((env::MODE, self.config.mode.to_string()));

@@ -247,6 +247,8 @@ pub struct Primary {
     upgrade_asked: bool,
     /// This program's path, for an in-place upgrade.
     exe: Option<std::path::PathBuf>,
+    /// The serving-slot mask last published in the counters.
+    serving_slots: u64,
 }
 
 impl std::fmt::Debug for Primary {
@@ -369,6 +371,7 @@ impl Primary {
             service_manager,
             upgrade_asked: false,
             exe: std::env::current_exe().ok(),
+            serving_slots: u64::MAX,
             worker_main,
         };
         if let Some(hb) = primary.config.heartbeat {
@@ -600,6 +603,7 @@ impl Primary {
             io.alarm.set(next)?;
         }
         self.notify_service_manager();
+        self.publish_serving_slots();
         if self.workers.is_empty() && (self.shutting_down || !self.retries.any()) && !self.finished {
             self.finished = true;
             let stranded = self.dispatcher.as_ref().map_or(0, Dispatcher::queued);
@@ -608,6 +612,20 @@ impl Primary {
             }
         }
         Ok(())
+    }
+
+    /// Tells the workers (through the counters) which slots take connections now — listening,
+    /// not leaving — for `epoll-balance`'s mean.
+    fn publish_serving_slots(&mut self) {
+        let mask = self
+            .workers
+            .values()
+            .filter(|w| w.listening && !w.asked_to_exit && w.id < 64)
+            .fold(0u64, |mask, w| mask | 1 << w.id);
+        if mask != self.serving_slots {
+            self.serving_slots = mask;
+            self.counters.set_serving_slots(mask);
+        }
     }
 
     /// The alarm rang: act on every deadline that has passed.
@@ -929,6 +947,10 @@ impl Primary {
         }
         let w = self.workers.remove(&key).expect("reaped worker is known");
         self.accepting.dirty = true;
+        if !self.workers.values().any(|o| o.id == w.id) {
+            // Nobody is left in the slot: the connections its gauge counts died with the worker.
+            self.counters.reset_live(w.id);
+        }
         let expected = w.asked_to_exit || self.shutting_down;
         let (id, pid) = (w.id, w.pid());
         self.events.push_back(Event::Exit { id, pid, status: exit, expected });

@@ -342,6 +342,7 @@ impl Primary {
             service_manager,
             upgrade_asked: false,
             exe: std::env::current_exe().ok(),
+            serving_slots: u64::MAX,
             worker_main,
         };
         primary.events.push_back(Event::Upgraded { pid: std::process::id(), workers: count });

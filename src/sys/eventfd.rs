@@ -21,6 +21,11 @@ impl EventFd {
         Ok(EventFd { fd })
     }
 
+    /// An eventfd this process was given (across `execve`, or by the primary's previous image).
+    pub fn adopt(fd: OwnedFd) -> EventFd {
+        EventFd { fd }
+    }
+
     /// Adds one to the counter, making the descriptor readable.
     pub fn notify(&self) {
         super::tally::count(1);

@@ -116,8 +116,11 @@ impl Worker {
             Mode::Reuseport => Some(crate::accept::Wait::Own),
             Mode::Handoff => None,
         };
+        let nudge = descriptor(env::BALANCE_FD)?.map(crate::sys::eventfd::EventFd::adopt);
         let (accept, kind) = match (listener, wait) {
-            (Some((listener, kind, _)), Some(wait)) => (Some(WorkerAccept::new(listener, wait).on(backend)), kind),
+            (Some((listener, kind, _)), Some(wait)) => {
+                (Some(WorkerAccept::new(listener, wait).with_nudge(nudge).on(backend)), kind)
+            }
             (None, None) => (None, StreamKind::Tcp),
             (Some(_), None) => {
                 return Err(io::Error::new(

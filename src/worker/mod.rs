@@ -65,6 +65,7 @@ const TOKEN_CONTROL: u64 = u64::MAX - 1;
 const TOKEN_ACCEPT_THREAD: u64 = u64::MAX - 2;
 const TOKEN_TIMER: u64 = u64::MAX - 3;
 const TOKEN_LANE: u64 = u64::MAX - 4;
+const TOKEN_NUDGE: u64 = u64::MAX - 5;
 
 /// How long a worker out of descriptors waits before it tries its lane again; doubles while
 /// the shortage lasts, up to [`MAX_LANE_BACKOFF`].
@@ -142,11 +143,13 @@ struct Pending {
     accept_thread: bool,
     timer: bool,
     lane: bool,
+    /// The hand-on eventfd (`epoll-balance`): another worker stepped out with connections queued.
+    nudge: bool,
 }
 
 impl Pending {
     fn any(&self) -> bool {
-        self.listener || self.control || self.accept_thread || self.timer || self.lane
+        self.listener || self.control || self.accept_thread || self.timer || self.lane || self.nudge
     }
 }
 
@@ -194,6 +197,8 @@ pub struct Worker {
     /// when it is needed, descriptors have run out.
     timer: Timer,
     accept_resume_at: Option<Instant>,
+    /// `epoll-balance`: out of the accept queue (above the mean); look again at this time.
+    balance_check_at: Option<Instant>,
     /// The accept ring, once stopped: kept until the worker ends (see `accept::uring::Spent`).
     #[cfg(feature = "io-uring")]
     spent_ring: Option<crate::accept::uring::Spent>,
@@ -223,14 +228,14 @@ impl Worker {
                 Accepting::Thread(acceptor)
             }
             #[cfg(feature = "io-uring")]
-            Some(WorkerAccept { listener, wait, backend: Backend::IoUring }) if wait.on_uring().is_some() => {
+            Some(WorkerAccept { listener, wait, backend: Backend::IoUring, .. }) if wait.on_uring().is_some() => {
                 let uring = crate::accept::uring::UringAccept::new(listener, wait.on_uring().expect("checked"))?;
                 // Edge-triggered: the ring's eventfd is never read, each signal is an edge.
                 epoll.add(&uring, TOKEN_LISTENER, Interest { edge: true, ..Interest::READABLE })?;
                 Accepting::Uring(Box::new(uring))
             }
-            Some(WorkerAccept { listener, wait, .. }) => {
-                let mut watch = ListenerWatch::new(listener, wait, TOKEN_LISTENER);
+            Some(WorkerAccept { listener, wait, nudge, .. }) => {
+                let mut watch = ListenerWatch::new(listener, wait, TOKEN_LISTENER).with_nudge(nudge, TOKEN_NUDGE);
                 watch.arm(&epoll)?;
                 Accepting::Epoll(watch)
             }
@@ -267,6 +272,7 @@ impl Worker {
             state: State::Running,
             timer,
             accept_resume_at: None,
+            balance_check_at: None,
             #[cfg(feature = "io-uring")]
             spent_ring: None,
             warnings: Warnings::default(),
@@ -481,6 +487,7 @@ mod tests {
     use super::*;
     use crate::ListenAddr;
     use crate::listener::{BindOptions, Listener};
+    use crate::stats::Counters;
 
     /// A worker in shared mode on a fresh listener, with the primary's end of its channel.
     fn shared_worker(wait: Wait) -> (Worker, Channel, std::net::SocketAddr) {
@@ -493,6 +500,63 @@ mod tests {
             Worker::new(0, 0, StreamKind::Tcp, control, Some(WorkerAccept::new(listener, wait)), None, counters)
                 .unwrap();
         (worker, primary, addr)
+    }
+
+    /// Two `epoll-balance` workers of one cluster on one listener, in this process: a worker
+    /// above the mean takes the connection it was woken for, steps out of the queue and hands
+    /// what is still queued on to the other (the hand-on eventfd); back at the mean, it steps in
+    /// again.
+    #[test]
+    fn a_balancing_worker_above_the_mean_steps_out_and_hands_on() {
+        let options = BindOptions { reuseport: false, backlog: 64, nonblocking: true, defer_accept: None };
+        let listener = Listener::bind(&"127.0.0.1:0".parse::<ListenAddr>().unwrap(), options).unwrap();
+        let addr = listener.tcp_addr().unwrap();
+        let copy = Listener::adopt(rustix::io::dup(&listener).unwrap());
+        let nudge = crate::sys::eventfd::EventFd::new().unwrap();
+        let counters = Counters::new(2).unwrap();
+        counters.set_serving_slots(0b11);
+        // The primary's ends of the channels stay open: a closed one means "stop".
+        let mut primary_ends = Vec::new();
+        let mut worker = |id, listener| {
+            let (primary, control) = Channel::pair().unwrap();
+            primary_ends.push(primary);
+            let nudge = crate::sys::eventfd::EventFd::adopt(rustix::io::dup(&nudge).unwrap());
+            let accept = Some(WorkerAccept::new(listener, Wait::Balance).with_nudge(Some(nudge)));
+            Worker::new(id, 0, StreamKind::Tcp, control, accept, None, counters.clone()).unwrap()
+        };
+        // Worker 0 first in the listener's queue: it gets the wakeups.
+        let (mut busy, mut other) = (worker(0, listener), worker(1, copy));
+        let connection = |w: &mut Worker| loop {
+            match w.try_event().unwrap() {
+                Some(WorkerEvent::Connection(s)) => return Some(s),
+                Some(_) => continue,
+                None => return None,
+            }
+        };
+        // Worker 0 already holds three long connections; worker 1 none.
+        for _ in 0..3 {
+            counters.live_changed(0, true);
+        }
+        let first: Vec<_> = (0..2).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(20));
+        let a = connection(&mut busy).expect("worker 0 had the wakeups: it takes one");
+        assert!(busy.balance_check_at.is_some(), "4 live against a mean of 2: out of the queue");
+        assert!(connection(&mut busy).is_none(), "and takes no more");
+        let b = connection(&mut other).expect("the queued one is handed on to worker 1");
+        assert_eq!(counters.worker(1).live, 1);
+        let next = std::net::TcpStream::connect(addr).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(connection(&mut busy).is_none(), "out of the queue, worker 0 hears nothing");
+        let c = connection(&mut other).expect("the next connection goes to worker 1");
+        // Worker 0 finishes its connections: at the mean again, it steps in at its next wait.
+        drop(a);
+        for _ in 0..3 {
+            counters.live_changed(0, false);
+        }
+        assert_eq!(counters.worker(0).live, 0);
+        assert!(connection(&mut busy).is_none());
+        assert!(busy.balance_check_at.is_none(), "back in the queue");
+        drop((first, next, b, c));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::lane::Read;
 use super::{
     Accepting, LANE_BACKOFF, LaneState, MAX_LANE_BACKOFF, RECLAIM_WAIT, RESUME_RETRY, State, TOKEN_ACCEPT_THREAD,
-    TOKEN_CONTROL, TOKEN_LANE, TOKEN_LISTENER, TOKEN_TIMER, WARNINGS_PER_SECOND, Worker, WorkerEvent,
+    TOKEN_CONTROL, TOKEN_LANE, TOKEN_LISTENER, TOKEN_NUDGE, TOKEN_TIMER, WARNINGS_PER_SECOND, Worker, WorkerEvent,
 };
 use crate::accept::{self, Accepted};
 use crate::channel::{ChannelError, Message};
@@ -19,11 +19,16 @@ use crate::sys::epoll::Interest;
 
 /// The most connections a stopping worker takes off its listener on the way out.
 const DRAIN_LIMIT: usize = 64;
+
+/// How often a worker out of the accept queue (`epoll-balance`) looks whether it is back at
+/// the mean while it has nothing else to do.
+const BALANCE_CHECK: Duration = Duration::from_millis(5);
 impl Worker {
     /// One `epoll_wait`: herd's readiness becomes pending work, the user's is kept (merged per
     /// token, so that waits the user does not collect cannot pile it up). Returns how many of
     /// herd's own sources were ready.
     pub(super) fn epoll_wait(&mut self, timeout: Option<Duration>) -> io::Result<(usize, usize)> {
+        self.rebalance()?;
         if timeout != Some(Duration::ZERO) {
             self.before_wait()?;
         }
@@ -37,6 +42,7 @@ impl Worker {
                 TOKEN_ACCEPT_THREAD => self.pending.accept_thread = true,
                 TOKEN_TIMER => self.pending.timer = true,
                 TOKEN_LANE => self.pending.lane = true,
+                TOKEN_NUDGE => self.pending.nudge = true,
                 token => {
                     match self.user_index.get(&token) {
                         Some(&i) => {
@@ -67,7 +73,12 @@ impl Worker {
         if pending.lane {
             self.read_lane()?;
         }
-        if pending.listener {
+        if pending.nudge {
+            if let Accepting::Epoll(watch) = &self.accepting {
+                watch.take_nudge();
+            }
+        }
+        if pending.listener || pending.nudge {
             self.on_listener()?;
         }
         if pending.accept_thread {
@@ -131,6 +142,22 @@ impl Worker {
         Ok(())
     }
 
+    /// `epoll-balance`: a worker out of the accept queue goes back in once it is at the mean
+    /// again (checked before every wait, and every [`BALANCE_CHECK`] while it waits).
+    pub(super) fn rebalance(&mut self) -> io::Result<()> {
+        if self.balance_check_at.is_none() || self.accept_resume_at.is_some() || self.state != State::Running {
+            return Ok(());
+        }
+        let Accepting::Epoll(watch) = &mut self.accepting else { return Ok(()) };
+        if self.counters.above_mean(self.id) {
+            self.balance_check_at = Some(Instant::now() + BALANCE_CHECK);
+        } else {
+            self.balance_check_at = None;
+            watch.arm(&self.epoll)?;
+        }
+        self.arm_timer()
+    }
+
     /// One accept per wakeup, as nginx does by default: with several workers woken at once this
     /// spreads a burst instead of letting the first one drain it.
     pub(super) fn accept_one(&mut self) -> io::Result<()> {
@@ -142,6 +169,13 @@ impl Worker {
                     self.counters.bump_worker(self.id, WorkerCounter::Accepts, 1);
                     let stream = Stream::new(fd, self.kind, self.counters.clone(), self.id);
                     self.events.push_back(WorkerEvent::Connection(stream));
+                    if watch.balances() && self.counters.above_mean(self.id) {
+                        // Out of the wait queue until back at the mean (`rebalance`); what is
+                        // still queued is handed on to a worker in the queue.
+                        watch.step_out(&self.epoll)?;
+                        self.balance_check_at = Some(Instant::now() + BALANCE_CHECK);
+                        return self.arm_timer();
+                    }
                 }
                 Accepted::Empty => self.counters.bump_worker(self.id, WorkerCounter::Eagains, 1),
                 Accepted::Retry => continue,
@@ -232,6 +266,7 @@ impl Worker {
     /// lane to be taken back, or say `Resume` again.
     pub(super) fn on_timer(&mut self) -> io::Result<()> {
         self.timer.clear();
+        self.rebalance()?;
         let now = Instant::now();
         if self.accept_resume_at.is_some_and(|t| t <= now) {
             self.accept_resume_at = None;
@@ -286,7 +321,7 @@ impl Worker {
             LaneState::Pressured { reclaimed: false, asked_at, .. } => Some(asked_at + RECLAIM_WAIT),
             _ => None,
         };
-        match [self.accept_resume_at, lane, self.resume_owed].into_iter().flatten().min() {
+        match [self.accept_resume_at, lane, self.resume_owed, self.balance_check_at].into_iter().flatten().min() {
             Some(at) => self.timer.arm(at.saturating_duration_since(Instant::now())),
             None => self.timer.disarm(),
         }

@@ -34,6 +34,10 @@ Options:
                              epoll-exclusive  EPOLLEXCLUSIVE: one woken, but unfair
                              epoll-rotate     EPOLLEXCLUSIVE re-armed at the tail: fair
                              blocking         a thread per worker in blocking accept: fair
+                             epoll-balance    epoll-rotate, and a worker holding more live
+                                              connections than the mean steps out of the
+                                              accept queue until it is back at the mean:
+                                              fair under long keep-alive connections too
   --backend BACKEND        how connections are taken off listeners [default: epoll]
                              epoll     readiness, then accept4 per connection
                              io-uring  a multishot accept in an io_uring; in handoff mode
