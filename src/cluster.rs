@@ -57,6 +57,14 @@ impl Builder {
         self
     }
 
+    /// Handoff mode (and reuseport's slots without a worker): how the primary chooses the
+    /// worker for each connection — in turn (the default), or the less loaded of two
+    /// ([`crate::mode::handoff::HandoffPolicy`]).
+    pub fn handoff_policy(mut self, policy: crate::mode::handoff::HandoffPolicy) -> Builder {
+        self.config.handoff_policy = policy;
+        self
+    }
+
     /// How long a graceful shutdown waits for workers before killing them (default 30 s).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Builder {
         self.config.shutdown_timeout = timeout;

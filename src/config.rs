@@ -37,6 +37,8 @@ pub struct Config {
     pub backlog: i32,
     /// Handoff mode: unacknowledged handoffs allowed per worker.
     pub handoff_window: usize,
+    /// Handoff mode: how the primary chooses the worker for each connection.
+    pub handoff_policy: handoff::HandoffPolicy,
     /// Handoff mode: connections the primary may queue before it stops accepting.
     pub handoff_queue_limit: usize,
     /// How long a graceful shutdown waits before killing workers.
@@ -89,6 +91,7 @@ impl Config {
             backlog: DEFAULT_BACKLOG,
             handoff_window: handoff::DEFAULT_WINDOW,
             handoff_queue_limit: handoff::DEFAULT_QUEUE_LIMIT,
+            handoff_policy: handoff::HandoffPolicy::RoundRobin,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             defer_accept: false,
             restart_limit: DEFAULT_RESTART_LIMIT,

@@ -332,7 +332,9 @@ impl Primary {
         }
         io.epoll.add(io.alarm.timer(), Token::Alarm.into(), Interest::READABLE)?;
         #[cfg_attr(not(feature = "io-uring"), allow(unused_mut))]
-        let mut dispatcher = mode.uses_lanes().then(|| Dispatcher::new(config.handoff_window, counters.clone()));
+        let mut dispatcher = mode
+            .uses_lanes()
+            .then(|| Dispatcher::new(config.handoff_window, counters.clone()).with_policy(config.handoff_policy));
         let (backend, warnings) = resolve_backend(config.backend, config.mode, config.backend.available());
         // In handoff mode the primary accepts and hands on every connection: on io_uring it
         // does so through its own ring, and waits in it.

@@ -63,7 +63,7 @@ impl Primary {
                 if let (Some(d), Some((lane_ours, lane_theirs))) = (&mut self.dispatcher, lane) {
                     // The primary keeps its descriptor for the worker's end of the lane: what
                     // the worker never reads is taken back through it (see `mode::handoff`).
-                    d.add_lane(key, lane_ours, lane_theirs);
+                    d.add_lane(key, slot, lane_ours, lane_theirs);
                 }
                 let handle = WorkerHandle {
                     id: slot,

@@ -112,6 +112,7 @@ impl Primary {
             .kv("backlog", c.backlog)
             .kv("window", c.handoff_window)
             .kv("queue_limit", c.handoff_queue_limit)
+            .kv("handoff_policy", c.handoff_policy)
             .kv("shutdown_ms", ms(c.shutdown_timeout))
             .kv("defer_accept", u8::from(c.defer_accept))
             .kv("restart_limit", c.restart_limit)
@@ -201,6 +202,7 @@ impl Primary {
         config.backlog = c.get("backlog")?;
         config.handoff_window = c.get("window")?;
         config.handoff_queue_limit = c.get("queue_limit")?;
+        config.handoff_policy = c.get("handoff_policy")?;
         config.shutdown_timeout = from_ms(c.get("shutdown_ms")?);
         config.defer_accept = c.flag("defer_accept")?;
         config.restart_limit = c.get("restart_limit")?;

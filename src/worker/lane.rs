@@ -128,7 +128,7 @@ mod tests {
         let (ours, theirs) = Channel::pair().unwrap();
         let copy = Channel::from(rustix::io::dup(&theirs).unwrap());
         let mut d = Dispatcher::new(4, Counters::new(1).unwrap());
-        d.add_lane(0, ours, copy);
+        d.add_lane(0, 0, ours, copy);
         d.set_serving(0, true);
         let mut lane = LaneReader::new(theirs, 4, Counters::new(1).unwrap(), 0);
         let (mut got, mut warnings) = (VecDeque::new(), Vec::new());

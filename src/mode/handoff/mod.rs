@@ -37,6 +37,16 @@
 //! fills — with a healthy cluster, whenever fewer than `window` connections are in flight per
 //! worker.
 //!
+//! # Least-loaded
+//!
+//! Beside strict round-robin ([`HandoffPolicy::RoundRobin`], the default), the dispatcher can
+//! send each batch to the less loaded of two workers picked at random
+//! ([`HandoffPolicy::LeastLoaded`]: "the power of two choices", HAProxy's choice). A worker's
+//! load is what it has not finished: the handoffs waiting unread in its lane plus the live
+//! connections it holds (both from the shared counters), so a stalled worker — which neither
+//! reads its lane nor finishes its connections — loses every comparison after its first extra
+//! connection, and long keep-alive connections spread by count rather than by arrival.
+//!
 //! # On io_uring
 //!
 //! With the io_uring backend the same dispatcher decides, and the primary's ring carries it out
@@ -144,10 +154,53 @@ impl Distribution for Handoff {
     }
 }
 
+/// How the dispatcher chooses the worker for the next batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HandoffPolicy {
+    /// In turn, skipping workers whose window is full (Node's `SCHED_RR`). The default.
+    #[default]
+    RoundRobin,
+    /// The less loaded of two workers picked at random: handoffs in flight plus live
+    /// connections.
+    LeastLoaded,
+}
+
+impl HandoffPolicy {
+    /// The policy's name: `round-robin` or `least-loaded`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            HandoffPolicy::RoundRobin => "round-robin",
+            HandoffPolicy::LeastLoaded => "least-loaded",
+        }
+    }
+}
+
+impl std::fmt::Display for HandoffPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for HandoffPolicy {
+    type Err = super::ParseModeError;
+
+    fn from_str(s: &str) -> Result<HandoffPolicy, super::ParseModeError> {
+        [HandoffPolicy::RoundRobin, HandoffPolicy::LeastLoaded].into_iter().find(|p| p.name() == s).ok_or_else(|| {
+            super::ParseModeError { what: "handoff policy", input: s.to_owned(), expected: "round-robin, least-loaded" }
+        })
+    }
+}
+
 /// One worker's lane, seen from the primary.
 #[derive(Debug)]
 struct Lane {
     key: u64,
+    /// The worker's slot: where its live connections and the handoffs it received are counted.
+    slot: usize,
+    /// The slot's received-handoffs count when this lane was added: what this worker
+    /// received since is the count now less this.
+    received_base: u64,
     /// The primary's end: handoffs go out, acknowledgements come in.
     ours: Channel,
     /// A descriptor for the worker's end, never read while the worker may read it: what the
@@ -204,6 +257,9 @@ struct Orphan {
 #[derive(Debug)]
 pub(crate) struct Dispatcher {
     window: usize,
+    policy: HandoffPolicy,
+    /// xorshift64 state for [`HandoffPolicy::LeastLoaded`]'s two random picks.
+    rng: u64,
     /// In fork order; round-robin runs over this.
     lanes: Vec<Lane>,
     /// The index in `lanes` to try first.
@@ -227,6 +283,8 @@ impl Dispatcher {
     pub(crate) fn new(window: usize, counters: Counters) -> Dispatcher {
         Dispatcher {
             window: window.max(1),
+            policy: HandoffPolicy::RoundRobin,
+            rng: u64::from(std::process::id()) << 32 | 0x9e37_79b9,
             lanes: Vec::new(),
             cursor: 0,
             queue: VecDeque::new(),
@@ -237,6 +295,12 @@ impl Dispatcher {
             #[cfg(feature = "io-uring")]
             ring: None,
         }
+    }
+
+    /// Chooses workers by `policy`.
+    pub(crate) fn with_policy(mut self, policy: HandoffPolicy) -> Dispatcher {
+        self.policy = policy;
+        self
     }
 
     /// Whether sends wait for the primary's ring (io_uring) rather than go out at once.
@@ -270,10 +334,12 @@ impl Dispatcher {
     /// back-off in progress is not carried over: the caller upgrades only without a ring, and
     /// a back-off simply ends.
     pub(crate) fn export(&self, w: &mut Writer) {
-        w.line("dispatcher").kv("window", self.window).kv("cursor", self.cursor);
+        w.line("dispatcher").kv("window", self.window).kv("cursor", self.cursor).kv("policy", self.policy);
         for l in &self.lanes {
             w.line("lane")
                 .kv("key", l.key)
+                .kv("slot", l.slot)
+                .kv("received_base", l.received_base)
                 .fd("ours", l.ours.as_fd())
                 .fd("theirs", l.theirs.as_fd())
                 .kv("sent", l.sent)
@@ -294,11 +360,13 @@ impl Dispatcher {
     /// The dispatcher as the primary's previous image left it.
     pub(crate) fn import(lines: &[Line], counters: Counters) -> io::Result<Dispatcher> {
         let head = super::line(lines, "dispatcher")?;
-        let mut d = Dispatcher::new(head.get("window")?, counters);
+        let mut d = Dispatcher::new(head.get("window")?, counters).with_policy(head.get("policy")?);
         d.cursor = head.get("cursor")?;
         for l in lines.iter().filter(|l| l.kind == "lane") {
             d.lanes.push(Lane {
                 key: l.get("key")?,
+                slot: l.get("slot")?,
+                received_base: l.get("received_base")?,
                 ours: Channel::from(l.fd("ours")?),
                 theirs: Channel::from(l.fd("theirs")?),
                 sent: l.get("sent")?,
@@ -326,9 +394,12 @@ impl Dispatcher {
         Ok(d)
     }
 
-    pub(crate) fn add_lane(&mut self, key: u64, ours: Channel, theirs: Channel) {
+    pub(crate) fn add_lane(&mut self, key: u64, slot: usize, ours: Channel, theirs: Channel) {
+        let received_base = self.counters.worker(slot).handoffs_received;
         self.lanes.push(Lane {
             key,
+            slot,
+            received_base,
             ours,
             theirs,
             sent: 0,
@@ -566,6 +637,9 @@ impl Dispatcher {
     /// The round-robin of [`drain`](Self::drain), sending each batch with `send(self, lane
     /// index, count)`, which says whether it went.
     fn drain_with(&mut self, mut send: impl FnMut(&mut Dispatcher, usize, usize) -> bool) {
+        if self.policy == HandoffPolicy::LeastLoaded {
+            return self.drain_least_loaded(send);
+        }
         let now = Instant::now();
         while !self.queue.is_empty() && !self.lanes.is_empty() {
             // One round: every lane with room, in rotation order from the cursor.
@@ -591,6 +665,50 @@ impl Dispatcher {
                 return;
             }
         }
+    }
+
+    /// [`HandoffPolicy::LeastLoaded`]: each batch to the less loaded of two lanes with room,
+    /// picked at random (one lane with room: that one). A batch is an even share of the queue
+    /// over the lanes with room, as in round-robin, so a burst still goes out in few frames.
+    fn drain_least_loaded(&mut self, mut send: impl FnMut(&mut Dispatcher, usize, usize) -> bool) {
+        let now = Instant::now();
+        let mut open: Vec<usize> = Vec::with_capacity(self.lanes.len());
+        while !self.queue.is_empty() {
+            open.clear();
+            open.extend((0..self.lanes.len()).filter(|&i| self.lanes[i].room(self.window, now) > 0));
+            let i = match open.len() {
+                0 => return,
+                1 => open[0],
+                n => {
+                    let a = open[self.random(n)];
+                    let b = open[(open.iter().position(|&x| x == a).unwrap_or(0) + 1 + self.random(n - 1)) % n];
+                    if self.load(b) < self.load(a) { b } else { a }
+                }
+            };
+            let share = self.queue.len().div_ceil(open.len());
+            let n = self.lanes[i].room(self.window, now).min(share).min(self.lanes[i].max_batch).min(self.queue.len());
+            if !send(self, i, n) {
+                return;
+            }
+        }
+    }
+
+    /// Lane `i`'s worker's load: the handoffs it has not read yet and the connections it holds.
+    /// (Not the handoffs in flight: acknowledgements come every half window, so that count
+    /// says more about when the worker last acknowledged than about what it has to do.)
+    fn load(&self, i: usize) -> u64 {
+        let lane = &self.lanes[i];
+        let slot = self.counters.worker(lane.slot);
+        let received = slot.handoffs_received.saturating_sub(lane.received_base);
+        lane.sent.saturating_sub(lane.reclaimed + received) + slot.live
+    }
+
+    /// A number below `n` (xorshift64: cheap, and good enough to break ties).
+    fn random(&mut self, n: usize) -> usize {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng % n as u64) as usize
     }
 
     /// Sends the `n` oldest queued connections to lane `i` in one frame.
@@ -658,7 +776,7 @@ mod tests {
         for key in 0..n as u64 {
             let (ours, theirs) = Channel::pair().unwrap();
             let copy = Channel::from(rustix::io::dup(&theirs).unwrap());
-            d.add_lane(key, ours, copy);
+            d.add_lane(key, key as usize, ours, copy);
             d.set_serving(key, true);
             workers.push(theirs);
         }
@@ -724,6 +842,40 @@ mod tests {
         d.on_lane_readable(0);
         assert_eq!(received(&mut workers[0]), [2, 3], "the next two, numbered on");
         assert_eq!(d.queued(), 1);
+    }
+
+    #[test]
+    fn least_loaded_skips_a_worker_that_holds_more_and_spreads_the_rest() {
+        let (d, mut workers) = dispatcher(4, 64);
+        let mut d = d.with_policy(HandoffPolicy::LeastLoaded);
+        // Worker 0 is stuck with ten connections it does not finish.
+        for _ in 0..10 {
+            d.counters.live_changed(0, true);
+        }
+        for _ in 0..24 {
+            d.push_all([connection()]);
+        }
+        let got: Vec<usize> = workers.iter_mut().map(|w| received(w).len()).collect();
+        assert_eq!(got[0], 0, "the loaded worker loses every comparison: {got:?}");
+        assert!(got[1..].iter().all(|&n| (6..=10).contains(&n)), "the others share evenly: {got:?}");
+        // Under round-robin, worker 0 would have had its quarter.
+        let (mut rr, mut workers) = dispatcher(4, 64);
+        for _ in 0..10 {
+            rr.counters.live_changed(0, true);
+        }
+        for _ in 0..24 {
+            rr.push_all([connection()]);
+        }
+        assert_eq!(received(&mut workers[0]).len(), 6);
+    }
+
+    #[test]
+    fn handoff_policies_parse_and_print_back() {
+        for p in [HandoffPolicy::RoundRobin, HandoffPolicy::LeastLoaded] {
+            assert_eq!(p.to_string().parse::<HandoffPolicy>().unwrap(), p);
+        }
+        let e = "fastest".parse::<HandoffPolicy>().unwrap_err().to_string();
+        assert!(e.contains("\"fastest\"") && e.contains("least-loaded"), "{e}");
     }
 
     #[test]

@@ -286,7 +286,7 @@ mod tests {
         for key in 0..n as u64 {
             let (ours, theirs) = Channel::pair().unwrap();
             let copy = Channel::from(rustix::io::dup(&theirs).unwrap());
-            d.add_lane(key, ours, copy);
+            d.add_lane(key, key as usize, ours, copy);
             d.set_serving(key, true);
             workers.push(theirs);
         }

@@ -55,6 +55,11 @@ Options:
                            [default: 127.0.0.1:8080]
   --backlog N              listen(2) backlog [default: 1024]
   --window N               handoff mode: unacknowledged handoffs per worker [default: 32]
+  --handoff-policy POLICY  handoff mode: which worker gets each connection
+                           [default: round-robin]
+                             round-robin   in turn (Node's SCHED_RR)
+                             least-loaded  the less loaded of two picked at random
+                                           (handoffs in flight + live connections)
   --shutdown-timeout SECS  graceful shutdown: kill workers still busy after this [default: 30]
   --defer-accept           TCP_DEFER_ACCEPT: accept a connection once its request arrived
                            (one wakeup per connection instead of two)
@@ -131,6 +136,7 @@ pub(crate) struct ClusterArgs {
     activated: Option<Option<String>>,
     backlog: i32,
     window: usize,
+    handoff_policy: herd::mode::handoff::HandoffPolicy,
     shutdown_timeout: f64,
     defer_accept: bool,
     pub(crate) stats_json: bool,
@@ -153,6 +159,7 @@ impl Default for ClusterArgs {
             activated: None,
             backlog: herd::DEFAULT_BACKLOG,
             window: herd::mode::handoff::DEFAULT_WINDOW,
+            handoff_policy: Default::default(),
             shutdown_timeout: 30.0,
             defer_accept: false,
             stats_json: false,
@@ -188,6 +195,7 @@ impl ClusterArgs {
             }
             o if o.is("backlog", None) => self.backlog = cli::parse(p, "--backlog")?,
             o if o.is("window", None) => self.window = cli::parse(p, "--window")?,
+            o if o.is("handoff-policy", None) => self.handoff_policy = cli::parse(p, "--handoff-policy")?,
             o if o.is("shutdown-timeout", None) => self.shutdown_timeout = seconds(p, "--shutdown-timeout")?,
             o if o.is("defer-accept", None) => self.defer_accept = true,
             o if o.is("restart-limit", None) => self.restart_limit = cli::parse(p, "--restart-limit")?,
@@ -227,6 +235,7 @@ impl ClusterArgs {
             .backend(self.backend)
             .backlog(self.backlog)
             .handoff_window(self.window)
+            .handoff_policy(self.handoff_policy)
             .shutdown_timeout(Duration::from_secs_f64(self.shutdown_timeout))
             .defer_accept(self.defer_accept)
             .restart_limit(self.restart_limit, Duration::from_secs_f64(self.restart_window))
