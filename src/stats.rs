@@ -104,7 +104,8 @@ const SLOTS_IN_USE: usize = 7;
 /// slot `s` (slots 0 to 63).
 const SERVING_SLOTS: usize = 6;
 
-/// The shared counter region: line 0 is the primary's, line `1 + slot` is worker slot `slot`'s.
+/// The shared counter region: line 0 is the primary's, line `1 + slot` is worker slot `slot`'s,
+/// and line `1 + capacity + slot` holds slot `slot`'s loop clock (see [`Counters::looked_at`]).
 #[derive(Clone, Debug)]
 pub struct Counters {
     region: Arc<SharedRegion>,
@@ -117,7 +118,7 @@ pub struct Counters {
 impl Counters {
     /// Maps a region for the primary and up to `capacity` worker slots.
     pub(crate) fn new(capacity: usize) -> std::io::Result<Counters> {
-        let (region, memfd) = SharedRegion::new(capacity + 1)?;
+        let (region, memfd) = SharedRegion::new(2 * capacity + 1)?;
         Ok(Counters { region: Arc::new(region), memfd: Arc::new(memfd), capacity })
     }
 
@@ -125,7 +126,7 @@ impl Counters {
     /// it passed.
     pub(crate) fn from_fd(fd: std::os::fd::OwnedFd) -> std::io::Result<Counters> {
         let (region, memfd) = SharedRegion::from_fd(fd)?;
-        let capacity = region.lines().len() - 1;
+        let capacity = (region.lines().len() - 1) / 2;
         Ok(Counters { region: Arc::new(region), memfd: Arc::new(memfd), capacity })
     }
 
@@ -156,6 +157,19 @@ impl Counters {
 
     pub(crate) fn bump_worker(&self, slot: usize, which: WorkerCounter, by: u64) {
         self.line(1 + slot).0[which as usize].fetch_add(by, Ordering::Relaxed);
+    }
+
+    /// `slot`'s worker is back in its loop (`now_ms`, the monotonic clock in ms), or about to
+    /// block in it with nothing to do (`0`). A worker whose clock is set and old is stuck in
+    /// its own code — a slow handler — and takes no connection meanwhile: in reuseport mode
+    /// the primary then serves its listener for it.
+    pub(crate) fn looked_at(&self, slot: usize, now_ms: u64) {
+        self.line(1 + self.capacity + slot).0[0].store(now_ms, Ordering::Relaxed);
+    }
+
+    /// When `slot`'s worker last looked at its sources, in monotonic ms; 0 while it waits.
+    pub(crate) fn last_look(&self, slot: usize) -> u64 {
+        self.line(1 + self.capacity + slot).0[0].load(Ordering::Relaxed)
     }
 
     /// One more live connection in `slot` (`more`), or one fewer.

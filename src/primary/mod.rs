@@ -85,6 +85,10 @@ pub(crate) struct Bound {
     pub(crate) counters: Counters,
 }
 
+/// How long a worker may stay away from its loop before the primary counts it as stalled (see
+/// [`Primary::check_stalls`]).
+const STALL: Duration = Duration::from_millis(50);
+
 /// Signals the primary reads from its signalfd (unless the host keeps them).
 const PRIMARY_SIGNALS: [i32; 6] =
     [libc::SIGINT, libc::SIGTERM, libc::SIGQUIT, libc::SIGHUP, libc::SIGTTIN, libc::SIGTTOU];
@@ -249,6 +253,8 @@ pub struct Primary {
     exe: Option<std::path::PathBuf>,
     /// The serving-slot mask last published in the counters.
     serving_slots: u64,
+    /// Slots whose worker is stalled (see `check_stalls`).
+    stalled: std::collections::BTreeSet<usize>,
 }
 
 impl std::fmt::Debug for Primary {
@@ -374,8 +380,12 @@ impl Primary {
             upgrade_asked: false,
             exe: std::env::current_exe().ok(),
             serving_slots: u64::MAX,
+            stalled: Default::default(),
             worker_main,
         };
+        if primary.dispatcher.is_some() {
+            primary.deadlines.stall_check = Some(Instant::now() + STALL);
+        }
         if let Some(hb) = primary.config.heartbeat {
             primary.deadlines.heartbeat = Some(Instant::now() + hb.interval);
         }
@@ -593,6 +603,7 @@ impl Primary {
             self.deadlines.accept,
             self.deadlines.reload,
             self.deadlines.heartbeat,
+            self.deadlines.stall_check,
             self.retries.next_due(),
             self.dispatcher.as_ref().and_then(Dispatcher::next_deadline),
             self.workers.values().filter_map(|w| w.outbox_retry).min(),
@@ -648,6 +659,9 @@ impl Primary {
         if timers::due(&mut self.deadlines.heartbeat, now) {
             self.heartbeat(now);
         }
+        if timers::due(&mut self.deadlines.stall_check, now) {
+            self.check_stalls(now);
+        }
         self.retry_due_spawns(now);
         self.ready_delays_due(now);
         if let Some(d) = &mut self.dispatcher {
@@ -665,16 +679,50 @@ impl Primary {
         self.events.push_back(Event::Warning { id: None, pid: None, message });
     }
 
-    /// Which slots have a live worker (forked and not asked to exit).
+    /// Which slots have a live worker (forked and not asked to exit) that is not stalled.
     fn slot_view(&self) -> SlotView {
         let mut live = Vec::new();
-        for w in self.workers.values().filter(|w| !w.asked_to_exit) {
+        for w in self.workers.values().filter(|w| !w.asked_to_exit && !self.stalled.contains(&w.id)) {
             if live.len() <= w.id {
                 live.resize(w.id + 1, false);
             }
             live[w.id] = true;
         }
         SlotView { live }
+    }
+
+    /// The stall check (modes with lanes): a worker that has not looked at its sources for
+    /// [`STALL`] — stuck in a slow handler — gets no handoffs, and in reuseport mode the primary
+    /// takes the connections hashed to its listener and hands them to the others, until it is
+    /// back in its loop. Workers waiting idle, and programs that do not keep the loop clock, are
+    /// never stalled.
+    fn check_stalls(&mut self, now: Instant) {
+        let now_ms = crate::sys::timerfd::monotonic_ms();
+        let stalled: std::collections::BTreeSet<usize> = self
+            .workers
+            .values()
+            .filter(|w| w.listening && !w.asked_to_exit && w.speaks)
+            .filter(|w| {
+                let look = self.counters.last_look(w.id);
+                look != 0 && now_ms.saturating_sub(look) > STALL.as_millis() as u64
+            })
+            .map(|w| w.id)
+            .collect();
+        if stalled != self.stalled {
+            let changed: Vec<(u64, bool)> = self
+                .workers
+                .iter()
+                .filter(|(_, w)| w.listening && !w.asked_to_exit && w.speaks)
+                .filter(|(_, w)| stalled.contains(&w.id) != self.stalled.contains(&w.id))
+                .map(|(k, w)| (*k, !stalled.contains(&w.id)))
+                .collect();
+            self.stalled = stalled;
+            for (key, serving) in changed {
+                self.set_serving(key, serving);
+            }
+            self.accepting.dirty = true;
+        }
+        self.deadlines.stall_check = Some(now + STALL / 2);
     }
 
     fn slot_has_live_worker(&self, slot: usize) -> bool {

@@ -21,6 +21,8 @@ pub(super) struct Deadlines {
     pub(super) reload: Option<Instant>,
     /// Ping the workers; kill those silent too long.
     pub(super) heartbeat: Option<Instant>,
+    /// Look for stalled workers (modes with lanes).
+    pub(super) stall_check: Option<Instant>,
 }
 
 /// The timerfd and the deadline it is armed for.

@@ -311,6 +311,7 @@ impl Primary {
         let service_manager =
             if config.sd_notify { super::notify::Notifier::resumed(p.flag("told_ready")?) } else { None };
         let mut deadlines = Deadlines::default();
+        deadlines.stall_check = dispatcher.as_ref().map(|_| now);
         if let Some(hb) = config.heartbeat {
             deadlines.heartbeat = Some(now + hb.interval);
         }
@@ -345,6 +346,7 @@ impl Primary {
             upgrade_asked: false,
             exe: std::env::current_exe().ok(),
             serving_slots: u64::MAX,
+            stalled: Default::default(),
             worker_main,
         };
         primary.events.push_back(Event::Upgraded { pid: std::process::id(), workers: count });

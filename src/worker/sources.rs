@@ -31,8 +31,10 @@ impl Worker {
         self.rebalance()?;
         if timeout != Some(Duration::ZERO) {
             self.before_wait()?;
+            self.counters.looked_at(self.id, 0);
         }
         let all = self.epoll.wait(&mut self.scratch, timeout)?;
+        self.counters.looked_at(self.id, crate::sys::timerfd::monotonic_ms());
         self.polled = false;
         let mut ours = 0;
         for ready in &self.scratch {
