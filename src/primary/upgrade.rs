@@ -310,8 +310,7 @@ impl Primary {
         let vacated = lines.iter().filter(|l| l.kind == "vacated").map(|l| l.get("slot")).collect::<io::Result<_>>()?;
         let service_manager =
             if config.sd_notify { super::notify::Notifier::resumed(p.flag("told_ready")?) } else { None };
-        let mut deadlines = Deadlines::default();
-        deadlines.stall_check = dispatcher.as_ref().map(|_| now);
+        let mut deadlines = Deadlines { stall_check: dispatcher.as_ref().map(|_| now), ..Default::default() };
         if let Some(hb) = config.heartbeat {
             deadlines.heartbeat = Some(now + hb.interval);
         }
