@@ -59,6 +59,12 @@ impl AsFd for Timer {
     }
 }
 
+/// The monotonic clock (the same in every process), in milliseconds.
+pub fn monotonic_ms() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,10 +76,4 @@ mod tests {
         assert!(!timer.clear(), "not fired");
         timer.disarm().unwrap();
     }
-}
-
-/// The monotonic clock (the same in every process), in milliseconds.
-pub fn monotonic_ms() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000
 }
