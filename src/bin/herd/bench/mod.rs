@@ -28,6 +28,7 @@
 //! | [`json`]    | JSON lines and CSV                                         |
 //! | [`svg`]     | the distribution charts as an SVG                          |
 
+mod fairness;
 mod json;
 mod measure;
 mod plan;
@@ -53,12 +54,13 @@ herd bench — run every mode and accept strategy on each accept backend under a
 saturating load, and compare wakeups, fairness, latency, throughput, CPU and system calls in
 one table
 
-Each row (shared/epoll, shared/epoll-exclusive, shared/epoll-rotate, shared/blocking, handoff,
+Each row (shared/epoll, shared/epoll-exclusive, shared/epoll-rotate, shared/blocking,
+shared/epoll-balance, handoff, handoff/least-loaded,
 reuseport) runs on each backend and under each load against a fresh `herd serve --backend B
 --listen 127.0.0.1:0 --stats json` with an in-process `herd load` (churn: a new connection per
 request). Backends: epoll (readiness, then accept4 per connection) and io-uring (a multishot
-accept; in handoff mode the primary also sends and closes through its ring); shared/epoll and
-shared/blocking have no io_uring form and run on epoll only. Where io_uring cannot run, its
+accept; in handoff mode the primary also sends and closes through its ring); shared/epoll,
+shared/blocking and shared/epoll-balance have no io_uring form and run on epoll only. Where io_uring cannot run, its
 cells are skipped and a line says why. Loads:
   light       1 request in flight: workers sleep between connections, so the thundering herd
               shows (every idle worker woken per connection)
@@ -71,6 +73,14 @@ Usage: herd bench [OPTIONS]
 Options:
   -w, --workers N                worker processes per server [default: 4]
       --quick                    a tenth of the requests (about 15 s for the matrix instead of 100 s)
+      --fairness                 instead of the matrix, the fairness loads (docs/fairness.md) on
+                                 shared/epoll-rotate, shared/epoll-balance, reuseport, handoff and
+                                 handoff/least-loaded: keep-alive (32 connections; Jain over
+                                 requests and over connections), skewed (2% of requests block
+                                 20 ms; the fast ones' p50/p99/p99.9) and a stalled worker (one
+                                 blocked 1 s; the fast p99 against the same load without it, the
+                                 max, how many waited behind it); with --json, a line per row
+      --fairness-seconds SECS    how long each fairness load runs [default: 3; 1 with --quick]
       --rows LIST                comma-separated subset of rows, e.g. shared/epoll,handoff
       --backends LIST            epoll, io-uring or both [default: epoll,io-uring]
       --loads LIST               light, saturating or both [default: light,saturating]
@@ -180,6 +190,8 @@ enum Output {
 }
 
 struct Args {
+    /// `--fairness`: the fairness loads instead of the matrix, this many seconds each.
+    fairness: Option<f64>,
     workers: usize,
     rows: Vec<Row>,
     backends: Vec<Backend>,
@@ -204,8 +216,14 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Option<Args>, String> {
     let mut output = Output::Table;
     let mut svg = None;
     let mut quiet = false;
+    let mut fairness = false;
+    let mut fairness_seconds = None;
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         match arg {
+            Long("fairness") => fairness = true,
+            Long("fairness-seconds") => {
+                fairness_seconds = Some(ranged(&mut parser, "--fairness-seconds", 1, 3600)? as f64)
+            }
             Short('w') | Long("workers") => workers = ranged(&mut parser, "--workers", 1, 1024)?,
             Long("quick") => quick = true,
             Long("rows") => rows = plan::parse_rows(&cli::parse::<String>(&mut parser, "--rows")?)?,
@@ -235,7 +253,8 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Option<Args>, String> {
             }
         })
         .collect();
-    Ok(Some(Args { workers: workers as usize, rows, backends, loads, defer_accept, output, svg, quiet }))
+    let fairness = fairness.then(|| fairness_seconds.unwrap_or(if quick { 1.0 } else { 3.0 }));
+    Ok(Some(Args { fairness, workers: workers as usize, rows, backends, loads, defer_accept, output, svg, quiet }))
 }
 
 /// An integer option in `min..=max`.
@@ -259,6 +278,9 @@ pub fn main(parser: lexopt::Parser) -> ExitCode {
         Ok(args) => args,
         Err(code) => return code,
     };
+    if let Some(seconds) = args.fairness {
+        return run_fairness(&args, seconds);
+    }
     let probe = if args.backends.contains(&Backend::IoUring) { Backend::IoUring.available() } else { Ok(()) };
     let (backends, unavailable) = plan::usable_backends(&args.backends, probe);
     let mut notes: Vec<String> = plan::epoll_only_note(&args.rows, &args.backends).into_iter().collect();
@@ -322,6 +344,37 @@ fn run_matrix(args: &Args, run: &Run) -> Vec<Cell> {
     cells
 }
 
+/// `--fairness`: every fairness row under every fairness load.
+fn run_fairness(args: &Args, seconds: f64) -> ExitCode {
+    let options = server::Options { workers: args.workers, defer_accept: args.defer_accept };
+    let mut rows = Vec::new();
+    for row in fairness::ROWS {
+        if !args.quiet {
+            eprint!("{row}: keep-alive, skewed, stall ... ");
+        }
+        let measured = fairness::measure(row, &options, seconds);
+        if !args.quiet {
+            match &measured {
+                Ok(f) => eprintln!(
+                    "Jain {:.4} / {:.4}, stall p99 ×{:.2}",
+                    f.keepalive.jain().unwrap_or(0.0),
+                    crate::load::jain(&f.keepalive.connections_per_worker()).unwrap_or(0.0),
+                    f.stall_ratio()
+                ),
+                Err(e) => eprintln!("failed: {e}"),
+            }
+        }
+        if let (Output::Json, Ok(f)) = (args.output, &measured) {
+            print_or_fail(&format!("{}\n", f.json()));
+        }
+        rows.push(measured.map_err(|e| (row, e)));
+    }
+    if args.output == Output::Table {
+        print_or_fail(&fairness::render(args.workers, seconds, &rows));
+    }
+    if rows.iter().any(Result::is_err) { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
 /// The end of a progress line: the headline figures, or why the cell failed.
 fn progress(cell: &Cell) -> String {
     match &cell.outcome {
@@ -357,7 +410,7 @@ mod tests {
     #[test]
     fn defaults_run_the_whole_matrix() {
         let a = parse(&[]).unwrap().unwrap();
-        assert_eq!((a.workers, a.rows.len(), a.defer_accept, a.output), (4, 6, true, Output::Table));
+        assert_eq!((a.workers, a.rows.len(), a.defer_accept, a.output), (4, 8, true, Output::Table));
         assert_eq!(a.backends, Backend::ALL);
         assert_eq!(
             a.loads,

@@ -21,22 +21,26 @@ use std::fmt;
 
 use herd::Backend;
 
-/// One server configuration: `herd serve --mode MODE [--accept STRATEGY]`.
+/// One server configuration: `herd serve --mode MODE [--accept STRATEGY | --handoff-policy
+/// POLICY]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Row {
     pub mode: &'static str,
-    /// The accept strategy (shared mode only).
+    /// The accept strategy in shared mode; the handoff policy in handoff mode (`None`: the
+    /// default, round-robin).
     pub accept: Option<&'static str>,
 }
 
 /// Every row, in the order the table prints them.
-pub const ROWS: [Row; 6] = [
+pub const ROWS: [Row; 8] = [
     Row { mode: "shared", accept: Some("epoll") },
     Row { mode: "shared", accept: Some("epoll-exclusive") },
     Row { mode: "shared", accept: Some("epoll-rotate") },
     Row { mode: "shared", accept: Some("blocking") },
     Row { mode: "handoff", accept: None },
     Row { mode: "reuseport", accept: None },
+    Row { mode: "shared", accept: Some("epoll-balance") },
+    Row { mode: "handoff", accept: Some("least-loaded") },
 ];
 
 impl fmt::Display for Row {
@@ -50,10 +54,11 @@ impl fmt::Display for Row {
 }
 
 impl Row {
-    /// Whether the row has a form on `backend`: `shared/epoll` (the level-triggered herd) and
-    /// `shared/blocking` (a thread parked in `accept`) have none on io_uring.
+    /// Whether the row has a form on `backend`: `shared/epoll` (the level-triggered herd),
+    /// `shared/blocking` (a thread parked in `accept`) and `shared/epoll-balance` (which steps
+    /// in and out of an epoll wait queue) have none on io_uring.
     pub fn runs_on(&self, backend: Backend) -> bool {
-        backend == Backend::Epoll || !matches!(self.accept, Some("epoll" | "blocking"))
+        backend == Backend::Epoll || !matches!(self.accept, Some("epoll" | "blocking" | "epoll-balance"))
     }
 }
 
@@ -190,7 +195,9 @@ mod tests {
                 "shared/epoll-rotate",
                 "shared/blocking",
                 "handoff",
-                "reuseport"
+                "reuseport",
+                "shared/epoll-balance",
+                "handoff/least-loaded"
             ]
         );
     }
@@ -221,7 +228,10 @@ mod tests {
     #[test]
     fn the_herd_and_the_blocking_thread_run_on_epoll_only() {
         let on_uring: Vec<String> = ROWS.iter().filter(|r| r.runs_on(Backend::IoUring)).map(Row::to_string).collect();
-        assert_eq!(on_uring, ["shared/epoll-exclusive", "shared/epoll-rotate", "handoff", "reuseport"]);
+        assert_eq!(
+            on_uring,
+            ["shared/epoll-exclusive", "shared/epoll-rotate", "handoff", "reuseport", "handoff/least-loaded"]
+        );
         assert!(ROWS.iter().all(|r| r.runs_on(Backend::Epoll)));
     }
 
@@ -258,14 +268,14 @@ mod tests {
     fn notes_the_rows_with_no_io_uring_form() {
         assert_eq!(
             epoll_only_note(&ROWS, &Backend::ALL).unwrap(),
-            "shared/epoll and shared/blocking have no io_uring form: epoll only"
+            "shared/epoll, shared/blocking and shared/epoll-balance have no io_uring form: epoll only"
         );
         assert_eq!(
-            epoll_only_note(&ROWS[3..], &[Backend::IoUring]).unwrap(),
+            epoll_only_note(&ROWS[3..6], &[Backend::IoUring]).unwrap(),
             "shared/blocking has no io_uring form: epoll only; not run, as --backends leaves epoll out"
         );
         assert_eq!(epoll_only_note(&ROWS, &[Backend::Epoll]), None);
-        assert_eq!(epoll_only_note(&ROWS[4..], &Backend::ALL), None);
+        assert_eq!(epoll_only_note(&ROWS[4..6], &Backend::ALL), None);
     }
 
     #[test]

@@ -55,8 +55,10 @@ pub struct Server {
 /// The arguments of `herd serve` for `row` on `backend`.
 pub fn arguments(row: &Row, backend: Backend, options: &Options) -> Vec<String> {
     let mut args = vec!["serve".to_owned(), "--mode".to_owned(), row.mode.to_owned()];
-    if let Some(accept) = row.accept {
-        args.extend(["--accept".to_owned(), accept.to_owned()]);
+    match (row.mode, row.accept) {
+        ("handoff", Some(policy)) => args.extend(["--handoff-policy".to_owned(), policy.to_owned()]),
+        (_, Some(accept)) => args.extend(["--accept".to_owned(), accept.to_owned()]),
+        _ => {}
     }
     args.extend(["--backend".to_owned(), backend.name().to_owned()]);
     args.extend(["--workers".to_owned(), options.workers.to_string()]);

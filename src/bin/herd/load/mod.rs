@@ -49,7 +49,7 @@ use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
-pub use config::{LoadConfig, MAX_CONNECTIONS, MAX_SOURCES, Mode};
+pub use config::{LoadConfig, MAX_CONNECTIONS, MAX_SOURCES, Mode, Stall};
 pub use engine::run;
 pub use url::Target;
 // The rest of the in-process API (for `herd bench`); the command line itself does not name them.
