@@ -213,8 +213,8 @@ herd_builder *herd_builder_new(const char *listen);
 void herd_builder_free(herd_builder *builder);
 
 // How connections reach the workers: `"shared"` (every worker accepts on one listener, with the
-// default strategy `epoll-rotate`), `"shared/epoll"`, `"shared/epoll-exclusive"`,
-// `"shared/epoll-rotate"`, `"shared/blocking"`, `"handoff"` (the primary accepts and passes
+// default strategy `epoll-balance`), `"shared/epoll"`, `"shared/epoll-exclusive"`,
+// `"shared/epoll-rotate"`, `"shared/blocking"`, `"shared/epoll-balance"`, `"handoff"` (the primary accepts and passes
 // each connection on) or `"reuseport"` (one `SO_REUSEPORT` listener per worker).
 //
 // Returns 0, or `-EINVAL` for an unknown mode.

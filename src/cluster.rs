@@ -23,7 +23,7 @@ pub struct Builder {
 }
 
 impl Builder {
-    /// How connections reach workers (default: shared, `epoll-rotate`).
+    /// How connections reach workers (default: shared, `epoll-balance`).
     pub fn mode(mut self, mode: Mode) -> Builder {
         self.config.mode = mode;
         self

@@ -13,13 +13,15 @@ use std::time::{Duration, Instant};
 /// Far beyond the ~10 s a quick run takes, for a slow, busy machine.
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-const ROWS: [(&str, Option<&str>); 6] = [
+const ROWS: [(&str, Option<&str>); 8] = [
     ("shared", Some("epoll")),
     ("shared", Some("epoll-exclusive")),
     ("shared", Some("epoll-rotate")),
     ("shared", Some("blocking")),
     ("handoff", None),
     ("reuseport", None),
+    ("shared", Some("epoll-balance")),
+    ("handoff", Some("least-loaded")),
 ];
 
 /// Runs `herd bench ARGS`, killing it if it outlives [`TIMEOUT`]; returns (exit code, stdout).

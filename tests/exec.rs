@@ -197,7 +197,10 @@ fn sighup_runs_the_replaced_program_and_loses_no_request() {
 /// without close-on-exec).
 #[test]
 fn a_workers_program_gets_default_signals_and_only_herds_descriptors() {
-    for (mode, passed) in [("shared", 3), ("handoff", 3), ("reuseport", 4)] {
+    // (mode, descriptors passed, where the counters memfd is)
+    for (mode, passed, counters_fd) in
+        [("shared/epoll-rotate", 3, 5), ("shared/epoll-balance", 4, 5), ("handoff", 3, 5), ("reuseport", 4, 6)]
+    {
         // The shell opens descriptor 7 without close-on-exec and becomes herd: herd's primary
         // has it open, and must not pass it on.
         let serve_args = format!(
@@ -226,7 +229,10 @@ fn a_workers_program_gets_default_signals_and_only_herds_descriptors() {
         let expected: BTreeSet<i32> = (0..3 + passed).collect();
         assert_eq!(fds, expected, "{mode}: the program's descriptors");
         let link = |fd: i32| std::fs::read_link(format!("/proc/{worker}/fd/{fd}")).unwrap().display().to_string();
-        assert!(link(3 + passed - 1).contains("memfd:herd-counters"), "{mode}: the last is the counters memfd");
+        assert!(link(counters_fd).contains("memfd:herd-counters"), "{mode}: the counters memfd");
+        if mode == "shared/epoll-balance" {
+            assert!(link(6).contains("eventfd"), "{mode}: then the hand-on eventfd: {}", link(6));
+        }
         let environ = std::fs::read(format!("/proc/{worker}/environ")).unwrap();
         let environ = String::from_utf8_lossy(&environ);
         let var = |k: &str| environ.split('\0').find_map(|kv| kv.strip_prefix(&format!("{k}=")).map(str::to_owned));

@@ -249,8 +249,10 @@ fn every_worker_api_serves_in_every_mode() {
 
 #[test]
 fn shared_epoll_balance_serves_every_connection() {
-    let c = serve_and_count(&["--mode", "shared", "--accept", "epoll-balance"], "epoll");
-    assert!(c.shares.iter().all(|&s| s > 0), "every worker served: {:?}", c.shares);
+    for backend in backends() {
+        let c = serve_and_count(&["--mode", "shared", "--accept", "epoll-balance"], backend);
+        assert!(c.shares.iter().all(|&s| s > 0), "{backend}: every worker served: {:?}", c.shares);
+    }
 }
 
 /// Long keep-alive connections opened all at once: `epoll-balance` spreads them, whoever the

@@ -10,7 +10,7 @@ set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-ALL_VARIANTS="reuseport reuseport+defer handoff handoff+defer shared-rotate shared-rotate+defer"
+ALL_VARIANTS="reuseport reuseport+defer handoff handoff+defer shared-rotate shared-rotate+defer shared-balance handoff-least-loaded"
 VARIANTS=${VARIANTS:-$ALL_VARIANTS}
 
 peers_init
@@ -23,6 +23,8 @@ for variant in $VARIANTS; do
     reuseport) args=(--mode reuseport) ;;
     handoff) args=(--mode handoff) ;;
     shared-rotate) args=(--mode shared --accept epoll-rotate) ;;
+    shared-balance) args=(--mode shared --accept epoll-balance) ;;
+    handoff-least-loaded) args=(--mode handoff --handoff-policy least-loaded) ;;
     *)
         echo "unknown variant $variant (known: $ALL_VARIANTS)" >&2
         exit 2

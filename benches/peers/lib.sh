@@ -12,7 +12,9 @@
 #   stop_server                  SIGTERM the server by pid, then SIGKILL anything left
 #
 # Settings (environment): WORKERS (default 4), DURATION seconds per load run (default 3),
-# LOADS (default "churn:1 churn:64 keepalive:1 keepalive:64": mode:connections),
+# LOADS (default "churn:1 churn:64 keepalive:1 keepalive:64": mode:connections; the mode may
+# also be skewed — churn with 2% of requests GET /block/20 — or stall — churn with one worker
+# blocked 1 s, GET /block/1000, half a second in: the server must answer /block/MS),
 # HERD (the herd binary; default target/release/herd of this repository).
 
 PEERS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -187,14 +189,16 @@ jain_of() {
 }
 
 print_header() {
-    printf '%-6s %-22s %-9s %3s %8s %7s %7s %11s %9s %9s %6s %6s\n' \
-        server variant load c req/s p50_us p99_us cpu_us/req wcsw/req pcsw/req jain errors
+    printf '%-6s %-22s %-9s %3s %8s %7s %7s %11s %9s %9s %6s %6s %6s %8s %6s\n' \
+        server variant load c req/s p50_us p99_us cpu_us/req wcsw/req pcsw/req jain errors \
+        cjain fast99 waited
 }
 
 # measure_loads SERVER VARIANT URL IDS: for every mode:connections in $LOADS, run herd load
 # against URL and print one line: throughput, latency, the server's CPU per request (primary +
 # workers), the workers' and the primary's voluntary context switches per request, Jain's
-# index over IDS, and errors.
+# index over IDS, errors; then Jain over connections (keep-alive), the fast requests' p99
+# (skewed, stall) and how many waited behind the stalled worker (stall), or na.
 measure_loads() {
     local server=$1 variant=$2 url=$3 ids=$4 spec mode conns workers_flag=()
     local -a kids
@@ -203,12 +207,18 @@ measure_loads() {
     for spec in $LOADS; do
         mode=${spec%%:*}
         conns=${spec##*:}
+        local -a extra=()
+        local load_mode=$mode
+        case $mode in
+        skewed) load_mode=churn extra=(--slow-fraction 0.02 --slow-ms 20) ;;
+        stall) load_mode=churn extra=(--stall-ms 1000 --stall-after 0.5) ;;
+        esac
         local c0 w0 p0 c1 w1 p1 json reqs
         c0=$(cpu_ticks "$SERVER_PID" "${kids[@]}")
         w0=$(vcsw "${kids[@]}")
         p0=$(vcsw "$SERVER_PID")
-        json=$("$HERD" load --json --mode "$mode" -c "$conns" -d "$DURATION" \
-            "${workers_flag[@]}" "$url") || true
+        json=$("$HERD" load --json --mode "$load_mode" -c "$conns" -d "$DURATION" \
+            "${workers_flag[@]}" "${extra[@]}" "$url") || true
         c1=$(cpu_ticks "$SERVER_PID" "${kids[@]}")
         w1=$(vcsw "${kids[@]}")
         p1=$(vcsw "$SERVER_PID")
@@ -219,10 +229,14 @@ measure_loads() {
             -v rps="$(json_field "$json" rps)" -v p50="$(json_field "$json" p50_us)" \
             -v p99="$(json_field "$json" p99_us)" -v cpu=$((c1 - c0)) -v tck="$CLK_TCK" \
             -v wc=$((w1 - w0)) -v pc=$((p1 - p0)) -v j="$(jain_of "$json" $ids)" \
-            -v e="$(json_errors "$json")" 'BEGIN {
+            -v e="$(json_errors "$json")" -v cj="$(json_field "$json" connection_jain)" \
+            -v f99="$(json_field "$json" fast_p99_us)" -v wt="$(json_field "$json" waited)" 'BEGIN {
             d = (r > 0) ? r : 1
-            printf "%-6s %-22s %-9s %3s %8.0f %7s %7s %11.1f %9.2f %9.2f %6s %6s\n",
-                s, v, m, c, rps, p50, p99, cpu * 1e6 / tck / d, wc / d, pc / d, j, e
+            if (m != "keepalive") cj = "na"
+            if (m != "skewed" && m != "stall") f99 = "na"
+            if (m != "stall") wt = "na"
+            printf "%-6s %-22s %-9s %3s %8.0f %7s %7s %11.1f %9.2f %9.2f %6s %6s %6s %8s %6s\n",
+                s, v, m, c, rps, p50, p99, cpu * 1e6 / tck / d, wc / d, pc / d, j, e, cj, f99, wt
         }'
         sleep 0.5
     done

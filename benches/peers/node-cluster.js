@@ -50,8 +50,13 @@ if (cluster.isPrimary) {
 } else {
   const body = `worker ${process.env.WORKER_INDEX} pid ${process.pid}\n`;
   const length = String(Buffer.byteLength(body));
+  // `GET /block/MS` blocks this worker MS milliseconds before answering, as `herd serve` does:
+  // a slow handler (Atomics.wait blocks the thread, like a CPU-bound or blocking call).
+  const sleeper = new Int32Array(new SharedArrayBuffer(4));
   http
     .createServer((req, res) => {
+      const block = /^\/block\/(\d+)$/.exec(req.url);
+      if (block) Atomics.wait(sleeper, 0, 0, Math.min(Number(block[1]), 60000));
       res.writeHead(200, { 'Content-Type': 'text/plain', 'Content-Length': length });
       res.end(body);
     })

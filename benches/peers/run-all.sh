@@ -55,7 +55,7 @@ if ((REPEAT > 1)); then
         if (m == "na") return "n/a"
         return sprintf(fmt " (" fmt "-" fmt ")", m, lo[col], hi[col])
     }
-    $1 ~ /^(node|nginx|herd)$/ && NF == 12 {
+    $1 ~ /^(node|nginx|herd)$/ && NF >= 12 {
         key = $1 "|" $2 "|" $3 "|" $4
         if (!(key in cnt)) order[++keys] = key
         n = ++cnt[key]

@@ -153,8 +153,8 @@ impl Wait {
     pub(crate) fn on_uring(self) -> Option<UringWait> {
         match self {
             Wait::Own | Wait::Exclusive => Some(UringWait::Multishot),
-            Wait::Rotate => Some(UringWait::Rearmed),
-            Wait::Level | Wait::Thread | Wait::Balance => None,
+            Wait::Rotate | Wait::Balance => Some(UringWait::Rearmed),
+            Wait::Level | Wait::Thread => None,
         }
     }
 }

@@ -38,6 +38,10 @@ pub(crate) struct UringAccept {
     wait: UringWait,
     /// The accept in flight, if any.
     armed: Option<u64>,
+    /// `epoll-balance` stepped this worker out: the accept is not submitted again until it is
+    /// back at the mean. (A single accept takes one connection and leaves the rest queued for
+    /// the other workers' accepts: nothing needs handing on.)
+    paused: bool,
     /// It ended out of descriptors: not armed again until [`arm`](Self::arm) after the back-off.
     backing_off: bool,
     completions: Vec<Completion>,
@@ -51,6 +55,7 @@ impl UringAccept {
             listener,
             wait,
             armed: None,
+            paused: false,
             backing_off: false,
             completions: Vec::new(),
         };
@@ -59,6 +64,12 @@ impl UringAccept {
     }
 
     /// Arms the accept (if it is not armed) and submits.
+    /// Steps out of (or back into) the accept queue: a rearmed accept is not submitted again
+    /// while paused.
+    pub(crate) fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+    }
+
     pub(crate) fn arm(&mut self) -> io::Result<()> {
         self.backing_off = false;
         if self.armed.is_none() {
@@ -71,7 +82,7 @@ impl UringAccept {
     /// The worker is about to wait: a [`UringWait::Rearmed`] accept goes back into the
     /// listener's wait queue now (unless backing off).
     pub(crate) fn before_wait(&mut self) -> io::Result<()> {
-        if self.wait == UringWait::Rearmed && self.armed.is_none() && !self.backing_off {
+        if self.wait == UringWait::Rearmed && self.armed.is_none() && !self.backing_off && !self.paused {
             self.arm()?;
         }
         Ok(())

@@ -27,8 +27,7 @@ pub enum SharedAccept {
     /// nearly every time under light load (unfair).
     EpollExclusive,
     /// `EPOLLEXCLUSIVE`, re-armed at the tail of the wait queue after each wakeup: no herd,
-    /// round-robin over idle workers. The default.
-    #[default]
+    /// round-robin over idle workers.
     EpollRotate,
     /// A thread per worker parked in a blocking `accept`: the kernel queues blocked acceptors
     /// FIFO and wakes one, so this is fair too.
@@ -37,7 +36,9 @@ pub enum SharedAccept {
     /// workers that take connections (read from the shared counters, no message) steps out of
     /// the listener's wait queue until it is back at the mean — nginx's `ngx_accept_disabled`,
     /// made exact. Even under long keep-alive connections, which rotation alone cannot spread:
-    /// a busy worker first in the queue still takes the wakeup.
+    /// whoever is back in its wait first takes the connection, however many it holds. The
+    /// default (docs/fairness.md has the measurements that chose it).
+    #[default]
     EpollBalance,
 }
 

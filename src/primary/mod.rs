@@ -695,10 +695,11 @@ impl Primary {
     /// [`STALL`] — stuck in a slow handler — gets no handoffs, and in reuseport mode the primary
     /// takes the connections hashed to its listener and hands them to the others, until it is
     /// back in its loop. Workers waiting idle, and programs that do not keep the loop clock, are
-    /// never stalled.
+    /// never stalled; nor is anyone when every worker is (there would be nobody to serve instead).
     fn check_stalls(&mut self, now: Instant) {
         let now_ms = crate::sys::timerfd::monotonic_ms();
-        let stalled: std::collections::BTreeSet<usize> = self
+        let serving = self.workers.values().filter(|w| w.listening && !w.asked_to_exit && w.speaks).count();
+        let mut stalled: std::collections::BTreeSet<usize> = self
             .workers
             .values()
             .filter(|w| w.listening && !w.asked_to_exit && w.speaks)
@@ -708,6 +709,11 @@ impl Primary {
             })
             .map(|w| w.id)
             .collect();
+        if stalled.len() >= serving {
+            // Nobody else to serve: the connections would wait in the primary instead of in
+            // the workers; leave them where they go.
+            stalled.clear();
+        }
         if stalled != self.stalled {
             let changed: Vec<(u64, bool)> = self
                 .workers
@@ -1031,7 +1037,7 @@ fn resolve_backend(requested: Backend, mode: crate::Mode, available: Result<(), 
         }
     };
     if backend == Backend::IoUring
-        && matches!(mode, crate::Mode::Shared(s) if !matches!(s, crate::SharedAccept::EpollExclusive | crate::SharedAccept::EpollRotate))
+        && matches!(mode, crate::Mode::Shared(s) if !matches!(s, crate::SharedAccept::EpollExclusive | crate::SharedAccept::EpollRotate | crate::SharedAccept::EpollBalance))
     {
         warnings.push(format!("{mode} has no io_uring form: its workers wait on epoll"));
     }

@@ -43,8 +43,8 @@ pub(crate) struct LaneReader {
     /// The sequence number the next handoff should carry at least.
     next_seq: u64,
     /// Where each received handoff is counted, the moment its frame leaves the lane — so a
-    /// worker killed in the middle of a read leaves no handoff that is neither counted as
-    /// received nor left in the lane for the primary to take back.
+    /// worker killed in the middle of a read of many frames leaves uncounted at most the one
+    /// whose `recvmsg` the kill ended, not every frame read before it.
     counters: Counters,
     slot: usize,
 }

@@ -199,6 +199,8 @@ pub struct Worker {
     accept_resume_at: Option<Instant>,
     /// `epoll-balance`: out of the accept queue (above the mean); look again at this time.
     balance_check_at: Option<Instant>,
+    /// `epoll-balance`, on either backend.
+    balances: bool,
     /// The accept ring, once stopped: kept until the worker ends (see `accept::uring::Spent`).
     #[cfg(feature = "io-uring")]
     spent_ring: Option<crate::accept::uring::Spent>,
@@ -220,6 +222,7 @@ impl Worker {
         let timer = Timer::new()?;
         epoll.add(&timer, TOKEN_TIMER, Interest::READABLE)?;
         let lane_only = accept.is_none();
+        let balances = accept.as_ref().is_some_and(|a| a.wait == Wait::Balance);
         let accepting = match accept {
             None => Accepting::Nothing,
             Some(WorkerAccept { listener, wait: Wait::Thread, .. }) => {
@@ -273,6 +276,7 @@ impl Worker {
             timer,
             accept_resume_at: None,
             balance_check_at: None,
+            balances,
             #[cfg(feature = "io-uring")]
             spent_ring: None,
             warnings: Warnings::default(),

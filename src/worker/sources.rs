@@ -120,12 +120,14 @@ impl Worker {
         self.counters.bump_worker(self.id, WorkerCounter::Wakeups, 1);
         let mut accepted = Vec::new();
         uring.take(&mut accepted)?;
+        let mut step_out = false;
         for a in accepted {
             match a {
                 Accepted::Connection(fd) => {
                     self.counters.bump_worker(self.id, WorkerCounter::Accepts, 1);
                     let stream = Stream::new(fd, self.kind, self.counters.clone(), self.id);
                     self.events.push_back(WorkerEvent::Connection(stream));
+                    step_out |= self.balances && self.counters.above_mean(self.id);
                 }
                 Accepted::Empty => self.counters.bump_worker(self.id, WorkerCounter::Eagains, 1),
                 Accepted::Retry => {}
@@ -141,6 +143,15 @@ impl Worker {
                 }
             }
         }
+        if step_out && self.balance_check_at.is_none() {
+            // Out of the accept queue: the next accept is not submitted until `rebalance`
+            // finds this worker back at the mean.
+            if let Accepting::Uring(uring) = &mut self.accepting {
+                uring.set_paused(true);
+            }
+            self.balance_check_at = Some(Instant::now() + BALANCE_CHECK);
+            self.arm_timer()?;
+        }
         Ok(())
     }
 
@@ -150,12 +161,17 @@ impl Worker {
         if self.balance_check_at.is_none() || self.accept_resume_at.is_some() || self.state != State::Running {
             return Ok(());
         }
-        let Accepting::Epoll(watch) = &mut self.accepting else { return Ok(()) };
         if self.counters.above_mean(self.id) {
             self.balance_check_at = Some(Instant::now() + BALANCE_CHECK);
-        } else {
-            self.balance_check_at = None;
-            watch.arm(&self.epoll)?;
+            return self.arm_timer();
+        }
+        self.balance_check_at = None;
+        match &mut self.accepting {
+            Accepting::Epoll(watch) => watch.arm(&self.epoll)?,
+            // Submitted again by `before_wait`.
+            #[cfg(feature = "io-uring")]
+            Accepting::Uring(uring) => uring.set_paused(false),
+            _ => {}
         }
         self.arm_timer()
     }

@@ -59,8 +59,8 @@ shared/epoll-balance, handoff, handoff/least-loaded,
 reuseport) runs on each backend and under each load against a fresh `herd serve --backend B
 --listen 127.0.0.1:0 --stats json` with an in-process `herd load` (churn: a new connection per
 request). Backends: epoll (readiness, then accept4 per connection) and io-uring (a multishot
-accept; in handoff mode the primary also sends and closes through its ring); shared/epoll,
-shared/blocking and shared/epoll-balance have no io_uring form and run on epoll only. Where io_uring cannot run, its
+accept; in handoff mode the primary also sends and closes through its ring); shared/epoll and
+shared/blocking have no io_uring form and run on epoll only. Where io_uring cannot run, its
 cells are skipped and a line says why. Loads:
   light       1 request in flight: workers sleep between connections, so the thundering herd
               shows (every idle worker woken per connection)

@@ -54,11 +54,10 @@ impl fmt::Display for Row {
 }
 
 impl Row {
-    /// Whether the row has a form on `backend`: `shared/epoll` (the level-triggered herd),
-    /// `shared/blocking` (a thread parked in `accept`) and `shared/epoll-balance` (which steps
-    /// in and out of an epoll wait queue) have none on io_uring.
+    /// Whether the row has a form on `backend`: `shared/epoll` (the level-triggered herd) and
+    /// `shared/blocking` (a thread parked in `accept`) have none on io_uring.
     pub fn runs_on(&self, backend: Backend) -> bool {
-        backend == Backend::Epoll || !matches!(self.accept, Some("epoll" | "blocking" | "epoll-balance"))
+        backend == Backend::Epoll || !matches!(self.accept, Some("epoll" | "blocking"))
     }
 }
 
@@ -230,7 +229,14 @@ mod tests {
         let on_uring: Vec<String> = ROWS.iter().filter(|r| r.runs_on(Backend::IoUring)).map(Row::to_string).collect();
         assert_eq!(
             on_uring,
-            ["shared/epoll-exclusive", "shared/epoll-rotate", "handoff", "reuseport", "handoff/least-loaded"]
+            [
+                "shared/epoll-exclusive",
+                "shared/epoll-rotate",
+                "handoff",
+                "reuseport",
+                "shared/epoll-balance",
+                "handoff/least-loaded"
+            ]
         );
         assert!(ROWS.iter().all(|r| r.runs_on(Backend::Epoll)));
     }
@@ -268,7 +274,7 @@ mod tests {
     fn notes_the_rows_with_no_io_uring_form() {
         assert_eq!(
             epoll_only_note(&ROWS, &Backend::ALL).unwrap(),
-            "shared/epoll, shared/blocking and shared/epoll-balance have no io_uring form: epoll only"
+            "shared/epoll and shared/blocking have no io_uring form: epoll only"
         );
         assert_eq!(
             epoll_only_note(&ROWS[3..6], &[Backend::IoUring]).unwrap(),

@@ -29,7 +29,7 @@ Options:
                              handoff    the primary accepts and passes each connection
                                         round-robin over the channel (SCM_RIGHTS)
                              reuseport  one SO_REUSEPORT listener per worker
-  --accept STRATEGY        shared mode: how workers wait on the listener [default: epoll-rotate]
+  --accept STRATEGY        shared mode: how workers wait on the listener [default: epoll-balance]
                              epoll            level-triggered, every worker woken (the herd)
                              epoll-exclusive  EPOLLEXCLUSIVE: one woken, but unfair
                              epoll-rotate     EPOLLEXCLUSIVE re-armed at the tail: fair
