@@ -105,7 +105,8 @@ const SLOTS_IN_USE: usize = 7;
 const SERVING_SLOTS: usize = 6;
 
 /// The shared counter region: line 0 is the primary's, line `1 + slot` is worker slot `slot`'s,
-/// and line `1 + capacity + slot` holds slot `slot`'s loop clock (see [`Counters::looked_at`]).
+/// and line `1 + capacity + slot` holds slot `slot`'s loop clock (when its worker last came back
+/// to its event loop).
 #[derive(Clone, Debug)]
 pub struct Counters {
     region: Arc<SharedRegion>,

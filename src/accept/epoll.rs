@@ -90,11 +90,6 @@ impl ListenerWatch {
         }
     }
 
-    /// Whether the worker steps out of the wait queue while above the mean (`epoll-balance`).
-    pub(crate) fn balances(&self) -> bool {
-        self.wait == Wait::Balance
-    }
-
     /// Starts watching (`EPOLL_CTL_ADD`).
     pub(crate) fn arm(&mut self, epoll: &Epoll) -> io::Result<()> {
         if !self.armed {

@@ -187,7 +187,7 @@ impl Worker {
                     self.counters.bump_worker(self.id, WorkerCounter::Accepts, 1);
                     let stream = Stream::new(fd, self.kind, self.counters.clone(), self.id);
                     self.events.push_back(WorkerEvent::Connection(stream));
-                    if watch.balances() && self.counters.above_mean(self.id) {
+                    if self.balances && self.counters.above_mean(self.id) {
                         // Out of the wait queue until back at the mean (`rebalance`); what is
                         // still queued is handed on to a worker in the queue.
                         watch.step_out(&self.epoll)?;
