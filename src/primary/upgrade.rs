@@ -75,7 +75,18 @@ impl Primary {
             return Err("the io_uring primary cannot hand its ring over (run it on epoll to upgrade in place)".into());
         }
         let exe = self.exe.clone().ok_or("the path of this program is unknown (/proc/self/exe)")?;
-        check_new_binary(&exe)?;
+        // A binary being written ("text file busy") gets a few more tries.
+        let mut tries = 0;
+        loop {
+            match check_new_binary(&exe) {
+                Ok(()) => break,
+                Err(Check::Busy(_)) if tries < 5 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(Check::Busy(why) | Check::Failed(why)) => return Err(why),
+            }
+        }
         let (text, mut fds) = self.export().finish();
         let state = upgrade::state_memfd(&text).map_err(|e| e.to_string())?;
         fds.push(state.as_raw_fd());
@@ -354,17 +365,26 @@ impl Primary {
     }
 }
 
+/// Why the hand-over check failed.
+enum Check {
+    /// `execve` found the file busy (`ETXTBSY`: still open for writing somewhere): worth
+    /// another try.
+    Busy(String),
+    Failed(String),
+}
+
 /// Runs the new binary with `HERD_UPGRADE_CHECK` and checks its answer, within
 /// [`CHECK_TIMEOUT`]. The child is killed and reaped whatever happens.
-fn check_new_binary(exe: &std::path::Path) -> Result<(), String> {
+fn check_new_binary(exe: &std::path::Path) -> Result<(), Check> {
     let name = exe.display();
-    let path = CString::new(exe.as_os_str().as_bytes()).map_err(|_| format!("{name}: a NUL byte in the path"))?;
+    let path = CString::new(exe.as_os_str().as_bytes())
+        .map_err(|_| Check::Failed(format!("{name}: a NUL byte in the path")))?;
     let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-        .map_err(|e| format!("pipe for the hand-over check: {e}"))?;
+        .map_err(|e| Check::Failed(format!("pipe for the hand-over check: {e}")))?;
     let mut env = crate::program::base_environment();
     env.push(CString::new(format!("{}={}", upgrade::UPGRADE_CHECK, crate::sys::exec::FIRST_FD)).expect("no NUL"));
     let child = match process::fork_worker(ThreadCheck::Refuse)
-        .map_err(|e| format!("forking the hand-over check: {e}"))?
+        .map_err(|e| Check::Failed(format!("forking the hand-over check: {e}")))?
     {
         Forked::Parent(child) => child,
         Forked::Child { .. } => {
@@ -372,7 +392,10 @@ fn check_new_binary(exe: &std::path::Path) -> Result<(), String> {
             let code =
                 match crate::sys::exec::place_fds(&[write.as_fd()]).and_then(|()| crate::sys::exec::reset_signals()) {
                     Ok(()) => {
-                        let _ = crate::sys::exec::execve(&path, std::slice::from_ref(&path), &env);
+                        let e = crate::sys::exec::execve(&path, std::slice::from_ref(&path), &env);
+                        // Say why on the pipe (now descriptor 3): the primary retries a busy file.
+                        let busy = e.raw_os_error() == Some(libc::ETXTBSY);
+                        let _ = rustix::io::write(&write, if busy { b"busy\n" } else { b"" });
                         127
                     }
                     Err(_) => 126,
@@ -384,9 +407,12 @@ fn check_new_binary(exe: &std::path::Path) -> Result<(), String> {
     let answer = read_answer(&read);
     let status = child.kill_and_wait();
     match answer {
+        Ok(text) if text.trim() == "busy" => {
+            Err(Check::Busy(format!("the new binary {name}: the file is busy (being written)")))
+        }
         Ok(text) => upgrade::check_answer(&text)
-            .map_err(|why| format!("the new binary {name}: {why} (it exited with {status:?})")),
-        Err(why) => Err(format!("the new binary {name}: {why} (it exited with {status:?})")),
+            .map_err(|why| Check::Failed(format!("the new binary {name}: {why} (it exited with {status:?})"))),
+        Err(why) => Err(Check::Failed(format!("the new binary {name}: {why} (it exited with {status:?})"))),
     }
 }
 

@@ -57,14 +57,26 @@ impl Serve {
 
     /// The `herd` binary at `exe` (a copy), `ARGS`, waiting for `workers` listening.
     pub fn start_exe(exe: &std::path::Path, args: &[&str], workers: usize) -> Serve {
-        let child = Command::new(exe)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .expect("spawn the herd copy");
+        // A file just written may be "busy" for a moment: another test thread's child, between
+        // its fork and its exec, can still hold the descriptor the copy wrote through.
+        let mut tries = 0;
+        let child = loop {
+            match Command::new(exe)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0)
+                .spawn()
+            {
+                Ok(child) => break child,
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("spawn the herd copy: {e}"),
+            }
+        };
         Serve::from_child(child, workers)
     }
 
