@@ -178,7 +178,8 @@ json_errors() {
 # jain_of JSON IDS...: Jain's index over per_worker[id] for the given ids (0..N-1 for
 # servers that answer `worker <index>`, the worker pids for nginx, which answers `worker <pid>`).
 jain_of() {
-    local json=$1 re='"per_worker":\[([^]]*)\]'
+    local json=$1 key=${JAIN_KEY:-per_worker}
+    local re="\"$key\":\\[([^]]*)\\]"
     shift
     [[ $json =~ $re ]] || { echo na; return; }
     awk -v counts="${BASH_REMATCH[1]}" -v ids="$*" 'BEGIN {
@@ -229,7 +230,7 @@ measure_loads() {
             -v rps="$(json_field "$json" rps)" -v p50="$(json_field "$json" p50_us)" \
             -v p99="$(json_field "$json" p99_us)" -v cpu=$((c1 - c0)) -v tck="$CLK_TCK" \
             -v wc=$((w1 - w0)) -v pc=$((p1 - p0)) -v j="$(jain_of "$json" $ids)" \
-            -v e="$(json_errors "$json")" -v cj="$(json_field "$json" connection_jain)" \
+            -v e="$(json_errors "$json")" -v cj="$(JAIN_KEY=per_worker_connections jain_of "$json" $ids)" \
             -v f99="$(json_field "$json" fast_p99_us)" -v wt="$(json_field "$json" waited)" 'BEGIN {
             d = (r > 0) ? r : 1
             if (m != "keepalive") cj = "na"
