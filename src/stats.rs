@@ -44,6 +44,9 @@ pub struct WorkerStats {
     /// with it). The `epoll-balance` strategy steps a worker out of the accept queue while
     /// this is above the cluster's mean.
     pub live: u64,
+    /// Microseconds the slot's workers spent busy — out of their blocking wait, serving — over
+    /// their lives: with the run's duration, how loaded each worker was.
+    pub busy_us: u64,
 }
 
 impl WorkerStats {
@@ -160,17 +163,22 @@ impl Counters {
         self.line(1 + slot).0[which as usize].fetch_add(by, Ordering::Relaxed);
     }
 
-    /// `slot`'s worker is back in its loop (`now_ms`, the monotonic clock in ms), or about to
+    /// `slot`'s worker is back in its loop (`now_us`, the monotonic clock in µs), or about to
     /// block in it with nothing to do (`0`). A worker whose clock is set and old is stuck in
     /// its own code — a slow handler — and takes no connection meanwhile: in reuseport mode
     /// the primary then serves its listener for it.
-    pub(crate) fn looked_at(&self, slot: usize, now_ms: u64) {
-        self.line(1 + self.capacity + slot).0[0].store(now_ms, Ordering::Relaxed);
+    pub(crate) fn looked_at(&self, slot: usize, now_us: u64) {
+        self.line(1 + self.capacity + slot).0[0].store(now_us, Ordering::Relaxed);
     }
 
-    /// When `slot`'s worker last looked at its sources, in monotonic ms; 0 while it waits.
+    /// When `slot`'s worker last looked at its sources, in monotonic µs; 0 while it waits.
     pub(crate) fn last_look(&self, slot: usize) -> u64 {
         self.line(1 + self.capacity + slot).0[0].load(Ordering::Relaxed)
+    }
+
+    /// `slot`'s worker was busy (out of its blocking wait) for `us` more microseconds.
+    pub(crate) fn add_busy(&self, slot: usize, us: u64) {
+        self.line(1 + self.capacity + slot).0[1].fetch_add(us, Ordering::Relaxed);
     }
 
     /// One more live connection in `slot` (`more`), or one fewer.
@@ -239,6 +247,7 @@ impl Counters {
             closed: get(WorkerCounter::Closed),
             syscalls: get(WorkerCounter::Syscalls),
             live: get(WorkerCounter::Live),
+            busy_us: self.line(1 + self.capacity + slot).0[1].load(Ordering::Relaxed),
         }
     }
 
@@ -282,6 +291,7 @@ impl Snapshot {
             closed: a.closed + w.closed,
             syscalls: a.syscalls + w.syscalls,
             live: a.live + w.live,
+            busy_us: a.busy_us + w.busy_us,
         })
     }
 }

@@ -697,7 +697,7 @@ impl Primary {
     /// back in its loop. Workers waiting idle, and programs that do not keep the loop clock, are
     /// never stalled; nor is anyone when every worker is (there would be nobody to serve instead).
     fn check_stalls(&mut self, now: Instant) {
-        let now_ms = crate::sys::timerfd::monotonic_ms();
+        let now_us = crate::sys::timerfd::monotonic_us();
         let serving = self.workers.values().filter(|w| w.listening && !w.asked_to_exit && w.speaks).count();
         let mut stalled: std::collections::BTreeSet<usize> = self
             .workers
@@ -705,7 +705,7 @@ impl Primary {
             .filter(|w| w.listening && !w.asked_to_exit && w.speaks)
             .filter(|w| {
                 let look = self.counters.last_look(w.id);
-                look != 0 && now_ms.saturating_sub(look) > STALL.as_millis() as u64
+                look != 0 && now_us.saturating_sub(look) > STALL.as_micros() as u64
             })
             .map(|w| w.id)
             .collect();

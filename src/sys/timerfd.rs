@@ -59,10 +59,10 @@ impl AsFd for Timer {
     }
 }
 
-/// The monotonic clock (the same in every process), in milliseconds.
-pub fn monotonic_ms() -> u64 {
+/// The monotonic clock (the same in every process), in microseconds.
+pub fn monotonic_us() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000
+    t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1_000
 }
 
 #[cfg(test)]

@@ -201,6 +201,8 @@ pub struct Worker {
     balance_check_at: Option<Instant>,
     /// `epoll-balance`, on either backend.
     balances: bool,
+    /// When this worker last left a blocking wait (monotonic µs): the start of its busy time.
+    busy_since: Option<u64>,
     /// The accept ring, once stopped: kept until the worker ends (see `accept::uring::Spent`).
     #[cfg(feature = "io-uring")]
     spent_ring: Option<crate::accept::uring::Spent>,
@@ -277,6 +279,7 @@ impl Worker {
             accept_resume_at: None,
             balance_check_at: None,
             balances,
+            busy_since: None,
             #[cfg(feature = "io-uring")]
             spent_ring: None,
             warnings: Warnings::default(),
@@ -561,6 +564,23 @@ mod tests {
         assert!(connection(&mut busy).is_none());
         assert!(busy.balance_check_at.is_none(), "back in the queue");
         drop((first, next, b, c));
+    }
+
+    #[test]
+    fn busy_time_counts_what_is_spent_out_of_the_blocking_wait() {
+        let (mut worker, _primary, _addr) = shared_worker(Wait::Rotate);
+        let mut ready = Vec::new();
+        worker.poll(&mut ready, Some(Duration::from_millis(1))).unwrap();
+        let before = worker.counters.worker(0).busy_us;
+        // Busy, as a handler would be, then back to a blocking wait.
+        std::thread::sleep(Duration::from_millis(30));
+        worker.poll(&mut ready, Some(Duration::from_millis(20))).unwrap();
+        let busy = worker.counters.worker(0).busy_us - before;
+        assert!((30_000..1_000_000).contains(&busy), "{busy} µs busy");
+        // Idle in the wait: not busy.
+        worker.poll(&mut ready, Some(Duration::from_millis(50))).unwrap();
+        let idle = worker.counters.worker(0).busy_us - before - busy;
+        assert!(idle < 20_000, "{idle} µs counted busy while the worker waited");
     }
 
     #[test]

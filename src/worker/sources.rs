@@ -29,12 +29,21 @@ impl Worker {
     /// herd's own sources were ready.
     pub(super) fn epoll_wait(&mut self, timeout: Option<Duration>) -> io::Result<(usize, usize)> {
         self.rebalance()?;
-        if timeout != Some(Duration::ZERO) {
+        let blocking = timeout != Some(Duration::ZERO);
+        if blocking {
             self.before_wait()?;
+            if let Some(since) = self.busy_since.take() {
+                self.counters.add_busy(self.id, crate::sys::timerfd::monotonic_us().saturating_sub(since));
+            }
             self.counters.looked_at(self.id, 0);
         }
         let all = self.epoll.wait(&mut self.scratch, timeout)?;
-        self.counters.looked_at(self.id, crate::sys::timerfd::monotonic_ms());
+        let now = crate::sys::timerfd::monotonic_us();
+        self.counters.looked_at(self.id, now);
+        // Busy from here until the next blocking wait (a zero-timeout look keeps it busy).
+        if blocking || self.busy_since.is_none() {
+            self.busy_since = Some(now);
+        }
         self.polled = false;
         let mut ours = 0;
         for ready in &self.scratch {

@@ -4,7 +4,7 @@
 //! ```text
 //! {"primary":{"accepted":0,"dispatched":0,"queued":0,"requeued":0,"syscalls":3},
 //!  "workers":[{"wakeups":5,"accepts":5,"eagains":0,"handoffs_received":0,"handoffs_acked":0,"closed":5,
-//!    "syscalls":12},...]}
+//!    "syscalls":12,"busy_us":3400},...]}
 //! ```
 //!
 //! The library's [`Snapshot`] knows nothing of serde (it depends on libc and rustix alone), so
@@ -28,6 +28,7 @@ pub fn encode(s: &Snapshot) -> String {
                 "handoffs_acked": w.handoffs_acked,
                 "closed": w.closed,
                 "syscalls": w.syscalls,
+                "busy_us": w.busy_us,
             })
         })
         .collect();
@@ -70,6 +71,7 @@ pub fn decode(stdout: &str) -> Result<Snapshot, String> {
             stats.handoffs_acked = count(w, "handoffs_acked")?;
             stats.closed = count(w, "closed")?;
             stats.syscalls = count(w, "syscalls")?;
+            stats.busy_us = count(w, "busy_us")?;
             Ok(stats)
         })
         .collect::<Result<_, String>>()?;
@@ -86,7 +88,7 @@ fn count(object: &Value, key: &str) -> Result<u64, String> {
 mod tests {
     use super::*;
 
-    const LINE: &str = r#"{"primary":{"accepted":7,"dispatched":8,"queued":1,"requeued":0,"syscalls":20},"workers":[{"wakeups":5,"accepts":4,"eagains":1,"handoffs_received":0,"handoffs_acked":0,"closed":4,"syscalls":11},{"wakeups":2,"accepts":0,"eagains":0,"handoffs_received":3,"handoffs_acked":3,"closed":3,"syscalls":6}]}"#;
+    const LINE: &str = r#"{"primary":{"accepted":7,"dispatched":8,"queued":1,"requeued":0,"syscalls":20},"workers":[{"wakeups":5,"accepts":4,"eagains":1,"handoffs_received":0,"handoffs_acked":0,"closed":4,"syscalls":11,"busy_us":900},{"wakeups":2,"accepts":0,"eagains":0,"handoffs_received":3,"handoffs_acked":3,"closed":3,"syscalls":6,"busy_us":30}]}"#;
 
     #[test]
     fn decodes_what_it_encodes() {
