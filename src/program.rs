@@ -54,6 +54,8 @@ pub mod env {
     pub const MODE: &str = "HERD_MODE";
     /// The backend (`epoll`, `io-uring`).
     pub const BACKEND: &str = "HERD_BACKEND";
+    /// What the connections are: `tcp` or `unix` (in handoff mode there is no listener to ask).
+    pub const STREAM: &str = "HERD_STREAM";
     /// `sd_listen_fds(3)`: how many listeners start at descriptor 3.
     pub const LISTEN_FDS: &str = "LISTEN_FDS";
     /// `sd_listen_fds(3)`: the pid the listeners are meant for.
@@ -65,7 +67,8 @@ pub mod env {
 
     /// Every variable above, and the in-place upgrade's: what a worker's environment never
     /// inherits from the primary's.
-    pub(crate) const ALL: [&str; 15] = [
+    pub(crate) const ALL: [&str; 16] = [
+        STREAM,
         crate::upgrade::UPGRADE_FD,
         crate::upgrade::UPGRADE_CHECK,
         BALANCE_FD,

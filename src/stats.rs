@@ -12,7 +12,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::sys::shm::{CacheLine, SharedRegion};
 
@@ -117,13 +117,15 @@ pub struct Counters {
     /// next image; closed with the last `Counters`.
     memfd: Arc<std::os::fd::OwnedFd>,
     capacity: usize,
+    /// Which copy of the per-worker gauges this process writes (see `for_generation`).
+    parity: usize,
 }
 
 impl Counters {
     /// Maps a region for the primary and up to `capacity` worker slots.
     pub(crate) fn new(capacity: usize) -> std::io::Result<Counters> {
         let (region, memfd) = SharedRegion::new(2 * capacity + 1)?;
-        Ok(Counters { region: Arc::new(region), memfd: Arc::new(memfd), capacity })
+        Ok(Counters { region: Arc::new(region), memfd: Arc::new(memfd), capacity, parity: 0 })
     }
 
     /// Maps the region of the cluster this process was started by (`herd run`), from the memfd
@@ -131,7 +133,7 @@ impl Counters {
     pub(crate) fn from_fd(fd: std::os::fd::OwnedFd) -> std::io::Result<Counters> {
         let (region, memfd) = SharedRegion::from_fd(fd)?;
         let capacity = (region.lines().len() - 1) / 2;
-        Ok(Counters { region: Arc::new(region), memfd: Arc::new(memfd), capacity })
+        Ok(Counters { region: Arc::new(region), memfd: Arc::new(memfd), capacity, parity: 0 })
     }
 
     /// The memfd behind the region (see `sys::shm`).
@@ -163,17 +165,41 @@ impl Counters {
         self.line(1 + slot).0[which as usize].fetch_add(by, Ordering::Relaxed);
     }
 
-    /// `slot`'s worker is back in its loop (`now_us`, the monotonic clock in µs), or about to
-    /// block in it with nothing to do (`0`). A worker whose clock is set and old is stuck in
-    /// its own code — a slow handler — and takes no connection meanwhile: in reuseport mode
-    /// the primary then serves its listener for it.
-    pub(crate) fn looked_at(&self, slot: usize, now_us: u64) {
-        self.line(1 + self.capacity + slot).0[0].store(now_us, Ordering::Relaxed);
+    // A slot holds two workers at once during a reload (the old generation finishing, the new
+    // one starting), so the per-worker gauges come in two copies, by generation parity: the live
+    // count in the worker line (even) and the clock line (odd), the loop clock twice in the
+    // clock line. Reads add the copies up, or pick the worker's.
+
+    fn live_cell(&self, slot: usize, parity: usize) -> &AtomicU64 {
+        if parity == 0 {
+            &self.line(1 + slot).0[WorkerCounter::Live as usize]
+        } else {
+            &self.line(1 + self.capacity + slot).0[3]
+        }
     }
 
-    /// When `slot`'s worker last looked at its sources, in monotonic µs; 0 while it waits.
-    pub(crate) fn last_look(&self, slot: usize) -> u64 {
-        self.line(1 + self.capacity + slot).0[0].load(Ordering::Relaxed)
+    fn clock_cell(&self, slot: usize, parity: usize) -> &AtomicU64 {
+        &self.line(1 + self.capacity + slot).0[2 * parity]
+    }
+
+    /// These counters, for a worker of `generation`: its gauges are its own copies.
+    pub(crate) fn for_generation(mut self, generation: u64) -> Counters {
+        self.parity = (generation % 2) as usize;
+        self
+    }
+
+    /// This process's worker is back in its loop (`now_us`, the monotonic clock in µs), or
+    /// about to block in it with nothing to do (`0`). A worker whose clock is set and old is
+    /// stuck in its own code — a slow handler — and takes no connection meanwhile: the primary
+    /// then passes it over.
+    pub(crate) fn looked_at(&self, slot: usize, now_us: u64) {
+        self.clock_cell(slot, self.parity).store(now_us, Ordering::Relaxed);
+    }
+
+    /// When the worker of `slot` and `generation` last looked at its sources, in monotonic
+    /// µs; 0 while it waits.
+    pub(crate) fn last_look(&self, slot: usize, generation: u64) -> u64 {
+        self.clock_cell(slot, (generation % 2) as usize).load(Ordering::Relaxed)
     }
 
     /// `slot`'s worker was busy (out of its blocking wait) for `us` more microseconds.
@@ -181,20 +207,28 @@ impl Counters {
         self.line(1 + self.capacity + slot).0[1].fetch_add(us, Ordering::Relaxed);
     }
 
-    /// One more live connection in `slot` (`more`), or one fewer.
+    /// One more live connection in `slot` (`more`), or one fewer, for this process's worker.
     pub(crate) fn live_changed(&self, slot: usize, more: bool) {
-        let cell = &self.line(1 + slot).0[WorkerCounter::Live as usize];
+        let cell = self.live_cell(slot, self.parity);
         if more {
             cell.fetch_add(1, Ordering::Relaxed);
         } else {
-            // Never below zero: a reset (the slot's last worker exited) may come between.
+            // Never below zero: a reset (its worker exited) may come between.
             let _ = cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(1)));
         }
     }
 
-    /// The slot's last worker has exited: the connections it held went with it.
-    pub(crate) fn reset_live(&self, slot: usize) {
-        self.line(1 + slot).0[WorkerCounter::Live as usize].store(0, Ordering::Relaxed);
+    /// The connections `slot`'s workers hold now.
+    pub(crate) fn live(&self, slot: usize) -> u64 {
+        self.live_cell(slot, 0).load(Ordering::Relaxed) + self.live_cell(slot, 1).load(Ordering::Relaxed)
+    }
+
+    /// The worker of `slot` and `generation` has exited: the connections it held went with it,
+    /// and it looks at nothing any more.
+    pub(crate) fn worker_gone(&self, slot: usize, generation: u64) {
+        let parity = (generation % 2) as usize;
+        self.live_cell(slot, parity).store(0, Ordering::Relaxed);
+        self.clock_cell(slot, parity).store(0, Ordering::Relaxed);
     }
 
     /// Records which slots have a worker taking connections (bit `s` for slot `s`).
@@ -210,10 +244,9 @@ impl Counters {
         if slot >= 64 || mask & (1 << slot) == 0 || mask.count_ones() < 2 {
             return false;
         }
-        let live = |s: usize| self.line(1 + s).0[WorkerCounter::Live as usize].load(Ordering::Relaxed);
-        let total: u64 = (0..64.min(self.capacity)).filter(|s| mask & (1 << s) != 0).map(live).sum();
+        let total: u64 = (0..64.min(self.capacity)).filter(|s| mask & (1 << s) != 0).map(|s| self.live(s)).sum();
         let serving = u64::from(mask.count_ones());
-        live(slot) > total.div_ceil(serving)
+        self.live(slot) > total.div_ceil(serving)
     }
 
     pub(crate) fn bump_primary(&self, which: PrimaryCounter, by: u64) {
@@ -246,7 +279,7 @@ impl Counters {
             handoffs_acked: get(WorkerCounter::HandoffsAcked),
             closed: get(WorkerCounter::Closed),
             syscalls: get(WorkerCounter::Syscalls),
-            live: get(WorkerCounter::Live),
+            live: self.live(slot),
             busy_us: self.line(1 + self.capacity + slot).0[1].load(Ordering::Relaxed),
         }
     }
@@ -346,7 +379,13 @@ mod tests {
         assert!(!c.above_mean(3), "a slot that does not serve never steps out");
         c.set_serving_slots(0b0001);
         assert!(!c.above_mean(0), "the only serving slot always accepts");
-        c.reset_live(0);
+        c.worker_gone(0, 0);
         assert_eq!(c.worker(0).live, 0);
+        // A worker of the next generation in the same slot counts apart, and they add up.
+        let next = c.clone().for_generation(1);
+        next.live_changed(1, true);
+        assert_eq!(c.worker(1).live, 3);
+        c.worker_gone(1, 0);
+        assert_eq!(c.worker(1).live, 1, "the other generation's connection is still there");
     }
 }

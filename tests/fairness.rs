@@ -60,3 +60,53 @@ fn the_primary_drains_a_stalled_workers_reuseport_queue() {
     assert!(accepted > 0, "the primary accepted on the stalled slot's listener:\n{}", stopped.stdout);
     assert_eq!(accepted, dispatched, "and handed every one on:\n{}", stopped.stdout);
 }
+
+/// A worker in a foreign event loop (`--worker-api nested`: the worker's descriptor in an epoll
+/// of its own) waits outside herd's wait when idle; `try_event` saying nothing is ready marks it
+/// idle, so the primary does not take idle workers for stalled ones — here while one worker
+/// stays busy with a keep-alive client and the others idle.
+#[test]
+fn idle_workers_in_a_foreign_loop_are_not_stalled() {
+    use std::io::{BufRead, BufReader, Write};
+    let serve = Serve::start(&["--mode", "handoff", "-w", "4", "-l", "127.0.0.1:0", "-q", "--worker-api", "nested"], 0);
+    std::thread::sleep(Duration::from_millis(300));
+    let util::Target::Tcp(addr) = serve.target.clone() else { unreachable!() };
+    // One keep-alive client keeps its worker coming back to its loop every 10 ms.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let stream = std::net::TcpStream::connect(addr).unwrap();
+            stream.set_read_timeout(Some(util::IO_TIMEOUT)).unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                (&stream).write_all(b"GET / HTTP/1.1\r\nHost: herd\r\n\r\n").unwrap();
+                let (mut line, mut length) = (String::new(), 0);
+                loop {
+                    line.clear();
+                    reader.read_line(&mut line).unwrap();
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; length];
+                std::io::Read::read_exact(&mut reader, &mut body).unwrap();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    // Long enough for the primary to look at the workers several times.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut seen = BTreeMap::new();
+    for _ in 0..40 {
+        *seen.entry(worker_of(&get(&serve.target).unwrap())).or_insert(0) += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    busy.join().unwrap();
+    assert_eq!(seen.len(), 4, "every idle worker keeps its turn: {seen:?}");
+    assert!(serve.stop().status.success());
+}

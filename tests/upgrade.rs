@@ -163,3 +163,24 @@ fn a_primary_with_its_own_ring_refuses_to_upgrade_and_says_why() {
     assert!(failures.is_empty(), "{}", summary(&failures));
     assert!(serve.stop().status.success());
 }
+
+/// A deploy that switches a symbolic link (`herd -> releases/2`) is followed: the primary
+/// executes the path it was started as, not the file that path led to at start.
+#[test]
+fn an_upgrade_follows_a_switched_symbolic_link() {
+    let deploy = Deploy::new("symlink");
+    let (one, two) = (deploy.dir.join("herd-1"), deploy.dir.join("herd-2"));
+    std::fs::rename(&deploy.exe, &one).unwrap();
+    std::os::unix::fs::symlink(&one, &deploy.exe).unwrap();
+    let serve = Serve::start_exe(&deploy.exe, &["serve", "-w", "2", "-l", "127.0.0.1:0"], 2);
+    let pid = serve.pid();
+    assert!(runs_file_at(pid, &one));
+    std::fs::copy(HERD, &two).unwrap();
+    let link = deploy.dir.join("herd.link");
+    std::os::unix::fs::symlink(&two, &link).unwrap();
+    std::fs::rename(&link, &deploy.exe).unwrap();
+    serve.signal(Signal::USR2);
+    serve.wait_for_log(|l| l.contains("herd: upgraded "), 1);
+    assert!(runs_file_at(pid, &two), "the new image is the file the link leads to now");
+    assert!(serve.stop().status.success());
+}

@@ -100,6 +100,8 @@ impl Primary {
         vars.push((env::GENERATION, generation.to_string()));
         vars.push((env::MODE, self.config.mode.to_string()));
         vars.push((env::BACKEND, self.backend.to_string()));
+        let stream = if matches!(self.local_addr, crate::ListenAddr::Unix(_)) { "unix" } else { "tcp" };
+        vars.push((env::STREAM, stream.to_owned()));
         if let Some(n) = notify_socket {
             vars.push((env::NOTIFY_SOCKET, n));
         }

@@ -378,7 +378,7 @@ impl Primary {
             ready: Vec::with_capacity(64),
             service_manager,
             upgrade_asked: false,
-            exe: std::env::current_exe().ok(),
+            exe: upgrade::program_path(),
             serving_slots: u64::MAX,
             stalled: Default::default(),
             worker_main,
@@ -704,7 +704,7 @@ impl Primary {
             .values()
             .filter(|w| w.listening && !w.asked_to_exit && w.speaks)
             .filter(|w| {
-                let look = self.counters.last_look(w.id);
+                let look = self.counters.last_look(w.id, w.generation);
                 look != 0 && now_us.saturating_sub(look) > STALL.as_micros() as u64
             })
             .map(|w| w.id)
@@ -723,8 +723,10 @@ impl Primary {
                 .map(|(k, w)| (*k, !stalled.contains(&w.id)))
                 .collect();
             self.stalled = stalled;
-            for (key, serving) in changed {
-                self.set_serving(key, serving);
+            if let Some(d) = &mut self.dispatcher {
+                for (key, back) in changed {
+                    d.set_stalled(key, !back);
+                }
             }
             self.accepting.dirty = true;
         }
@@ -1003,10 +1005,8 @@ impl Primary {
         }
         let w = self.workers.remove(&key).expect("reaped worker is known");
         self.accepting.dirty = true;
-        if !self.workers.values().any(|o| o.id == w.id) {
-            // Nobody is left in the slot: the connections its gauge counts died with the worker.
-            self.counters.reset_live(w.id);
-        }
+        // Its gauges: the connections it held died with it.
+        self.counters.worker_gone(w.id, w.generation);
         let expected = w.asked_to_exit || self.shutting_down;
         let (id, pid) = (w.id, w.pid());
         self.events.push_back(Event::Exit { id, pid, status: exit, expected });

@@ -100,6 +100,8 @@ impl Primary {
                 n.phase = phase;
                 n.status = status;
             }
+            // A full socket buffer, say: the same lines go out after the next turn.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ENOBUFS | libc::EINTR)) => {}
             Err(e) => {
                 // Said once: a service manager that cannot be reached is not asked again.
                 self.service_manager = None;

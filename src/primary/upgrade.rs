@@ -78,7 +78,7 @@ impl Primary {
         // A binary being written ("text file busy") gets a few more tries.
         let mut tries = 0;
         loop {
-            match check_new_binary(&exe) {
+            match check_new_binary(&exe, self.config.allow_threads) {
                 Ok(()) => break,
                 Err(Check::Busy(_)) if tries < 5 => {
                     tries += 1;
@@ -94,8 +94,9 @@ impl Primary {
         let mut env = crate::program::base_environment();
         env.retain(|kv| !kv.as_bytes().starts_with(format!("{}=", upgrade::UPGRADE_FD).as_bytes()));
         env.push(CString::new(format!("{}={}", upgrade::UPGRADE_FD, state.as_raw_fd())).expect("no NUL"));
-        // The workers' own variables were filtered out; the primary's NOTIFY_SOCKET and
-        // LISTEN_* go back as they were (its service manager still speaks to this pid).
+        // The workers' own variables were filtered out; the primary's NOTIFY_SOCKET goes back
+        // as it was (its service manager still speaks to this pid). LISTEN_* do not: the new
+        // image takes its listeners from the hand-over, not from socket activation.
         for var in [crate::program::env::NOTIFY_SOCKET] {
             if let Some(v) = std::env::var_os(var) {
                 let mut kv = format!("{var}=").into_bytes();
@@ -145,7 +146,8 @@ impl Primary {
             .kv("target", self.target)
             .kv("generation", self.generation)
             .text("unix_path", &self._unix_path.as_ref().map_or(String::new(), |p| p.path().display().to_string()))
-            .kv("told_ready", u8::from(self.service_manager.as_ref().is_some_and(|n| n.told_ready())));
+            .kv("told_ready", u8::from(self.service_manager.as_ref().is_some_and(|n| n.told_ready())))
+            .kv("outbox_frames_dropped", self.workers.values().filter(|w| !w.outbox.is_empty()).count());
         for slot in &self.vacated {
             w.line("vacated").kv("slot", slot);
         }
@@ -354,15 +356,37 @@ impl Primary {
             ready: Vec::with_capacity(64),
             service_manager,
             upgrade_asked: false,
-            exe: std::env::current_exe().ok(),
+            exe: program_path(),
             serving_slots: u64::MAX,
             stalled: Default::default(),
             worker_main,
         };
         primary.events.push_back(Event::Upgraded { pid: std::process::id(), workers: count });
+        let dropped: usize = p.get("outbox_frames_dropped")?;
+        if dropped > 0 {
+            primary.warn(format!(
+                "{dropped} workers had messages waiting for room in their channel at the upgrade; they were not sent"
+            ));
+        }
         primary.settle()?;
         Ok(primary)
     }
+}
+
+/// The path this program was started as, for executing it again: `argv[0]` as given (made
+/// absolute against the working directory at start) or looked up in `PATH` — not
+/// `/proc/self/exe`, which has symbolic links resolved, so that a deploy that switches a link
+/// (`current -> releases/1.1`) is followed. `/proc/self/exe` when `argv[0]` leads nowhere.
+pub(super) fn program_path() -> Option<PathBuf> {
+    let argv0 = std::env::args_os().next()?;
+    let given = PathBuf::from(&argv0);
+    let found = if argv0.as_bytes().contains(&b'/') {
+        std::env::current_dir().ok().map(|cwd| cwd.join(&given)).filter(|p| p.is_file())
+    } else {
+        std::env::var_os("PATH")
+            .and_then(|path| std::env::split_paths(&path).map(|d| d.join(&given)).find(|p| p.is_file()))
+    };
+    found.or_else(|| std::env::current_exe().ok())
 }
 
 /// Why the hand-over check failed.
@@ -375,7 +399,7 @@ enum Check {
 
 /// Runs the new binary with `HERD_UPGRADE_CHECK` and checks its answer, within
 /// [`CHECK_TIMEOUT`]. The child is killed and reaped whatever happens.
-fn check_new_binary(exe: &std::path::Path) -> Result<(), Check> {
+fn check_new_binary(exe: &std::path::Path, allow_threads: bool) -> Result<(), Check> {
     let name = exe.display();
     let path = CString::new(exe.as_os_str().as_bytes())
         .map_err(|_| Check::Failed(format!("{name}: a NUL byte in the path")))?;
@@ -383,7 +407,8 @@ fn check_new_binary(exe: &std::path::Path) -> Result<(), Check> {
         .map_err(|e| Check::Failed(format!("pipe for the hand-over check: {e}")))?;
     let mut env = crate::program::base_environment();
     env.push(CString::new(format!("{}={}", upgrade::UPGRADE_CHECK, crate::sys::exec::FIRST_FD)).expect("no NUL"));
-    let child = match process::fork_worker(ThreadCheck::Refuse)
+    let check = if allow_threads { ThreadCheck::Allow } else { ThreadCheck::Refuse };
+    let child = match process::fork_worker(check)
         .map_err(|e| Check::Failed(format!("forking the hand-over check: {e}")))?
     {
         Forked::Parent(child) => child,

@@ -121,7 +121,13 @@ impl Worker {
             (Some((listener, kind, _)), Some(wait)) => {
                 (Some(WorkerAccept::new(listener, wait).with_nudge(nudge).on(backend)), kind)
             }
-            (None, None) => (None, StreamKind::Tcp),
+            (None, None) => {
+                let kind = match var::<String>(env::STREAM)?.as_deref() {
+                    Some("unix") => StreamKind::Unix,
+                    _ => StreamKind::Tcp,
+                };
+                (None, kind)
+            }
             (Some(_), None) => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,

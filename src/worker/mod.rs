@@ -219,6 +219,7 @@ impl Worker {
         lane: Option<(Channel, usize)>,
         counters: Counters,
     ) -> io::Result<Worker> {
+        let counters = counters.for_generation(generation);
         let epoll = Epoll::new()?;
         epoll.add(&control, TOKEN_CONTROL, Interest::READABLE)?;
         let timer = Timer::new()?;
@@ -404,6 +405,7 @@ impl Worker {
             if ours == 0 && all < MAX_EVENTS {
                 // The caller's loop waits on the worker's descriptor next.
                 self.before_wait()?;
+                self.going_idle();
                 return Ok(None);
             }
         }

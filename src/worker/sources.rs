@@ -32,10 +32,7 @@ impl Worker {
         let blocking = timeout != Some(Duration::ZERO);
         if blocking {
             self.before_wait()?;
-            if let Some(since) = self.busy_since.take() {
-                self.counters.add_busy(self.id, crate::sys::timerfd::monotonic_us().saturating_sub(since));
-            }
-            self.counters.looked_at(self.id, 0);
+            self.going_idle();
         }
         let all = self.epoll.wait(&mut self.scratch, timeout)?;
         let now = crate::sys::timerfd::monotonic_us();
@@ -73,6 +70,16 @@ impl Worker {
             ours += 1;
         }
         Ok((ours, all))
+    }
+
+    /// The worker is about to wait with nothing to do (in herd's wait, or in a foreign loop's
+    /// after `try_event` said nothing is ready): its busy time stops, and its loop clock says
+    /// it is idle, not stalled.
+    pub(super) fn going_idle(&mut self) {
+        if let Some(since) = self.busy_since.take() {
+            self.counters.add_busy(self.id, crate::sys::timerfd::monotonic_us().saturating_sub(since));
+        }
+        self.counters.looked_at(self.id, 0);
     }
 
     /// Acts on the flags the last `epoll_wait` set, turning readiness into events.

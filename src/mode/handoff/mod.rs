@@ -214,6 +214,9 @@ struct Lane {
     reclaimed: u64,
     /// The primary wants this worker to get connections (it listens and is not leaving).
     serving: bool,
+    /// The worker is stuck in its own code (see `Primary::check_stalls`): passed over until it
+    /// is back, whatever `serving` says.
+    stalled: bool,
     /// The worker is out of descriptors and not reading its lane.
     pressure: bool,
     /// A transient send error: out of rotation until then.
@@ -238,7 +241,13 @@ impl Lane {
     }
 
     fn room(&self, window: usize, now: Instant) -> usize {
-        if !self.serving || self.pressure || self.full || self.sending || self.retry_at.is_some_and(|t| t > now) {
+        if !self.serving
+            || self.stalled
+            || self.pressure
+            || self.full
+            || self.sending
+            || self.retry_at.is_some_and(|t| t > now)
+        {
             return 0;
         }
         (window as u64).saturating_sub(self.in_flight()) as usize
@@ -373,6 +382,7 @@ impl Dispatcher {
                 acked: l.get("acked")?,
                 reclaimed: l.get("reclaimed")?,
                 serving: l.flag("serving")?,
+                stalled: false,
                 pressure: l.flag("pressure")?,
                 retry_at: None,
                 next_backoff: FIRST_BACKOFF,
@@ -406,6 +416,7 @@ impl Dispatcher {
             acked: 0,
             reclaimed: 0,
             serving: false,
+            stalled: false,
             pressure: false,
             retry_at: None,
             next_backoff: FIRST_BACKOFF,
@@ -425,6 +436,16 @@ impl Dispatcher {
             lane.serving = serving;
         }
         if serving {
+            self.drain();
+        }
+    }
+
+    /// Passes worker `key` over while it is stalled (`true`), or not any more.
+    pub(crate) fn set_stalled(&mut self, key: u64, stalled: bool) {
+        if let Some(lane) = self.lane_mut(key) {
+            lane.stalled = stalled;
+        }
+        if !stalled {
             self.drain();
         }
     }
@@ -673,9 +694,12 @@ impl Dispatcher {
     fn drain_least_loaded(&mut self, mut send: impl FnMut(&mut Dispatcher, usize, usize) -> bool) {
         let now = Instant::now();
         let mut open: Vec<usize> = Vec::with_capacity(self.lanes.len());
+        let mut failed: Vec<usize> = Vec::new();
         while !self.queue.is_empty() {
             open.clear();
-            open.extend((0..self.lanes.len()).filter(|&i| self.lanes[i].room(self.window, now) > 0));
+            open.extend(
+                (0..self.lanes.len()).filter(|&i| self.lanes[i].room(self.window, now) > 0 && !failed.contains(&i)),
+            );
             let i = match open.len() {
                 0 => return,
                 1 => open[0],
@@ -688,7 +712,8 @@ impl Dispatcher {
             let share = self.queue.len().div_ceil(open.len());
             let n = self.lanes[i].room(self.window, now).min(share).min(self.lanes[i].max_batch).min(self.queue.len());
             if !send(self, i, n) {
-                return;
+                // That lane is full or failing: the others may still have room.
+                failed.push(i);
             }
         }
     }
@@ -699,7 +724,8 @@ impl Dispatcher {
     fn load(&self, i: usize) -> u64 {
         let lane = &self.lanes[i];
         let slot = self.counters.worker(lane.slot);
-        let received = slot.handoffs_received.saturating_sub(lane.received_base);
+        // A program not linked with herd counts nothing: its acknowledgements say as much.
+        let received = slot.handoffs_received.saturating_sub(lane.received_base).max(lane.acked);
         lane.sent.saturating_sub(lane.reclaimed + received) + slot.live
     }
 
