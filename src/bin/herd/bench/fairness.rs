@@ -9,6 +9,16 @@
 //! | stall | churn, 8 in flight, one worker blocked 1 s half a second in | the fast requests' p99 against the same load without the stall, their max, and how many waited behind the stall |
 //!
 //! Each load runs against a fresh `herd serve` (so no load inherits another's connections).
+//!
+//! On a machine with two CPUs or more, the server runs on every CPU but the first and the
+//! client on the first (`sched_setaffinity`, inherited by the server's workers): which worker
+//! serves how many requests is then the server's doing, not the scheduler sharing the client's
+//! CPU with some workers and not others.
+//!
+//! On a machine with two CPUs or more, the server runs on every CPU but the first and the
+//! client on the first (`sched_setaffinity`, inherited by the server's workers): which worker
+//! serves how many requests is then the server's doing, not the scheduler sharing the client's
+//! CPU with some workers and not others.
 
 use std::time::Duration;
 
@@ -51,13 +61,48 @@ pub struct Figures {
     pub stalled: LoadReport,
 }
 
-/// Runs one load against a fresh server for `row`.
+/// The CPUs for the server and for the client, when there are at least two.
+fn cpu_split() -> Option<(nix::sched::CpuSet, nix::sched::CpuSet)> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if n < 2 {
+        return None;
+    }
+    let (mut server, mut client) = (nix::sched::CpuSet::new(), nix::sched::CpuSet::new());
+    client.set(0).ok()?;
+    for cpu in 1..n.min(nix::sched::CpuSet::count()) {
+        server.set(cpu).ok()?;
+    }
+    Some((server, client))
+}
+
+/// This thread (and the threads and processes it starts from now on) on `cpus`.
+fn pin(cpus: &nix::sched::CpuSet) -> Result<(), String> {
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), cpus).map_err(|e| format!("sched_setaffinity: {e}"))
+}
+
+/// Runs one load against a fresh server for `row`: the server pinned to the server's CPUs, the
+/// client to the client's (see the module docs), this thread's affinity restored after.
 fn run(row: &Row, options: &server::Options, config: impl Fn(&str) -> LoadConfig) -> Result<LoadReport, String> {
-    let server = Server::start(row, Backend::Epoll, options)?;
+    let split = cpu_split();
+    let before = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok();
+    if let Some((server_cpus, _)) = &split {
+        pin(server_cpus)?;
+    }
+    let server = Server::start(row, Backend::Epoll, options);
+    if let Some((_, client_cpus)) = &split {
+        pin(client_cpus)?;
+    }
+    let server = server?;
     std::thread::sleep(SETTLE);
-    let report =
-        load::run(&config(&format!("http://127.0.0.1:{}/", server.port))).map_err(|e| format!("herd load: {e}"));
+    let mut cfg = config(&format!("http://127.0.0.1:{}/", server.port));
+    if split.is_some() {
+        cfg.threads = 1;
+    }
+    let report = load::run(&cfg).map_err(|e| format!("herd load: {e}"));
     server.stop()?;
+    if let Some(cpus) = &before {
+        pin(cpus)?;
+    }
     report
 }
 
@@ -127,9 +172,14 @@ impl Figures {
 /// The table.
 pub fn render(workers: usize, seconds: f64, rows: &[Result<Figures, (Row, String)>]) -> String {
     let mut out = format!(
-        "herd bench --fairness: {workers} workers, epoll, {seconds} s per load\n\
+        "herd bench --fairness: {workers} workers, epoll, {seconds} s per load; {}\n\
          keep-alive: {KEEPALIVE_CONNECTIONS} connections; skewed: churn, {SKEWED_CONNECTIONS} in flight, {}% of requests /block/{SLOW_MS}; \
          stall: churn, {STALL_CONNECTIONS} in flight, one worker blocked {} ms\n\n",
+        if cpu_split().is_some() {
+            "the server on every CPU but the first, the client on the first"
+        } else {
+            "one CPU: client and server share it"
+        },
         SLOW_FRACTION * 100.0,
         STALL.ms
     );

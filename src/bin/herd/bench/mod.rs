@@ -79,7 +79,9 @@ Options:
                                  requests and over connections), skewed (2% of requests block
                                  20 ms; the fast ones' p50/p99/p99.9) and a stalled worker (one
                                  blocked 1 s; the fast p99 against the same load without it, the
-                                 max, how many waited behind it); with --json, a line per row
+                                 max, how many waited behind it); with --json, a line per row.
+                                 With two CPUs or more the server runs on all but the first
+                                 and the client on the first
       --fairness-seconds SECS    how long each fairness load runs [default: 3; 1 with --quick]
       --rows LIST                comma-separated subset of rows, e.g. shared/epoll,handoff
       --backends LIST            epoll, io-uring or both [default: epoll,io-uring]
