@@ -67,7 +67,7 @@ fn the_primary_drains_a_stalled_workers_reuseport_queue() {
 /// stays busy with a keep-alive client and the others idle.
 #[test]
 fn idle_workers_in_a_foreign_loop_are_not_stalled() {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufReader, Write};
     let serve = Serve::start(&["--mode", "handoff", "-w", "4", "-l", "127.0.0.1:0", "-q", "--worker-api", "nested"], 0);
     std::thread::sleep(Duration::from_millis(300));
     let util::Target::Tcp(addr) = serve.target.clone() else { unreachable!() };
@@ -82,19 +82,7 @@ fn idle_workers_in_a_foreign_loop_are_not_stalled() {
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) && std::time::Instant::now() < deadline {
                 (&stream).write_all(b"GET / HTTP/1.1\r\nHost: herd\r\n\r\n").unwrap();
-                let (mut line, mut length) = (String::new(), 0);
-                loop {
-                    line.clear();
-                    reader.read_line(&mut line).unwrap();
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap();
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                }
-                let mut body = vec![0; length];
-                std::io::Read::read_exact(&mut reader, &mut body).unwrap();
+                util::read_response(&mut reader);
                 std::thread::sleep(Duration::from_millis(10));
             }
         })

@@ -260,7 +260,7 @@ fn shared_epoll_balance_serves_every_connection() {
 /// the *requests* then spread is the scheduler's: benchmarks measure it, see docs/fairness.md.)
 #[test]
 fn shared_epoll_balance_spreads_long_connections() {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufReader, Write};
     let workers = 4;
     let serve =
         util::Serve::start(&["--mode", "shared", "--accept", "epoll-balance", "-w", "4", "-l", "127.0.0.1:0", "-q"], 0);
@@ -274,22 +274,7 @@ fn shared_epoll_balance_spreads_long_connections() {
         c.write_all(b"GET / HTTP/1.1\r\nHost: herd\r\n\r\n").unwrap();
     }
     for c in &connections {
-        let mut reader = BufReader::new(c);
-        let mut line = String::new();
-        let mut length = 0;
-        loop {
-            line.clear();
-            reader.read_line(&mut line).unwrap();
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                length = v.trim().parse().unwrap();
-            }
-            if line == "\r\n" {
-                break;
-            }
-        }
-        let mut body = vec![0; length];
-        std::io::Read::read_exact(&mut reader, &mut body).unwrap();
-        per_worker[util::worker_of(&String::from_utf8_lossy(&body))] += 1;
+        per_worker[util::worker_of(&util::read_response(&mut BufReader::new(c)))] += 1;
     }
     // Within the rule's reach: at most one above the mean (8) before a worker steps out, and
     // what was already queued for it when it did.

@@ -165,6 +165,24 @@ struct PrimaryIo {
     ring: Option<uring::PrimaryRing>,
 }
 
+impl PrimaryIo {
+    /// A fresh epoll with the signalfd (if the primary takes signals) and the alarm in it.
+    fn new(signals: Option<SignalFd>) -> io::Result<PrimaryIo> {
+        let io = PrimaryIo {
+            epoll: Epoll::new()?,
+            signals,
+            alarm: Alarm::new()?,
+            #[cfg(feature = "io-uring")]
+            ring: None,
+        };
+        if let Some(s) = &io.signals {
+            io.epoll.add(s, Token::Signals.into(), Interest::READABLE)?;
+        }
+        io.epoll.add(io.alarm.timer(), Token::Alarm.into(), Interest::READABLE)?;
+        Ok(io)
+    }
+}
+
 /// The primary's view of one worker process.
 #[derive(Debug)]
 struct WorkerHandle {
@@ -326,17 +344,7 @@ impl Primary {
             (None, None)
         };
         #[cfg_attr(not(feature = "io-uring"), allow(unused_mut))]
-        let mut io = PrimaryIo {
-            epoll: Epoll::new()?,
-            signals,
-            alarm: Alarm::new()?,
-            #[cfg(feature = "io-uring")]
-            ring: None,
-        };
-        if let Some(s) = &io.signals {
-            io.epoll.add(s, Token::Signals.into(), Interest::READABLE)?;
-        }
-        io.epoll.add(io.alarm.timer(), Token::Alarm.into(), Interest::READABLE)?;
+        let mut io = PrimaryIo::new(signals)?;
         #[cfg_attr(not(feature = "io-uring"), allow(unused_mut))]
         let mut dispatcher = mode
             .uses_lanes()

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::accepting::Accepting;
 use super::supervise::{Restarts, Retries};
-use super::timers::{Alarm, Deadlines};
+use super::timers::Deadlines;
 use super::{Primary, PrimaryIo, Token, WorkerHandle, WorkerProgram};
 use crate::accept::Backend;
 use crate::channel::Channel;
@@ -20,7 +20,7 @@ use crate::config::{Config, Heartbeat};
 use crate::listener::UnixPath;
 use crate::mode::handoff::Dispatcher;
 use crate::stats::Counters;
-use crate::sys::epoll::{Epoll, Interest};
+use crate::sys::epoll::Interest;
 use crate::sys::process::{self, Child, Forked, ThreadCheck};
 use crate::sys::signal::{SignalFd, SignalSet};
 use crate::upgrade::{self, Line, Writer};
@@ -245,17 +245,7 @@ impl Primary {
         } else {
             None
         };
-        let io = PrimaryIo {
-            epoll: Epoll::new()?,
-            signals,
-            alarm: Alarm::new()?,
-            #[cfg(feature = "io-uring")]
-            ring: None,
-        };
-        if let Some(s) = &io.signals {
-            io.epoll.add(s, Token::Signals.into(), Interest::READABLE)?;
-        }
-        io.epoll.add(io.alarm.timer(), Token::Alarm.into(), Interest::READABLE)?;
+        let io = PrimaryIo::new(signals)?;
         let mode = crate::mode::import(config.mode, &lines)?;
         let dispatcher = if mode.uses_lanes() { Some(Dispatcher::import(&lines, counters.clone())?) } else { None };
         let unix_path = match p.text("unix_path")? {

@@ -499,3 +499,21 @@ pub fn summary(failures: &[String]) -> String {
 pub fn pid_of_log(line: &str) -> u32 {
     field(line, "pid").unwrap_or_else(|| panic!("no pid= in {line:?}"))
 }
+
+/// Reads one response with a `Content-Length` off a keep-alive connection; returns its body.
+pub fn read_response(reader: &mut impl BufRead) -> String {
+    let (mut line, mut length) = (String::new(), 0);
+    loop {
+        line.clear();
+        reader.read_line(&mut line).expect("a response line within the read timeout");
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().expect("a Content-Length");
+        }
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).expect("the body");
+    String::from_utf8_lossy(&body).into_owned()
+}
