@@ -87,12 +87,13 @@ impl Primary {
                 Err(Check::Busy(why) | Check::Failed(why)) => return Err(why),
             }
         }
+        let path = CString::new(exe.as_os_str().as_bytes()).map_err(|_| "the program's path has a NUL byte")?;
+        let argv: Vec<CString> = std::env::args_os().filter_map(|a| CString::new(a.as_bytes()).ok()).collect();
         let (text, mut fds) = self.export().finish();
         let state = upgrade::state_memfd(&text).map_err(|e| e.to_string())?;
         fds.push(state.as_raw_fd());
-        crate::sys::exec::set_cloexec(&fds, false).map_err(|e| e.to_string())?;
+        // The environment without herd's variables (HERD_UPGRADE_FD among them), then ours.
         let mut env = crate::program::base_environment();
-        env.retain(|kv| !kv.as_bytes().starts_with(format!("{}=", upgrade::UPGRADE_FD).as_bytes()));
         env.push(CString::new(format!("{}={}", upgrade::UPGRADE_FD, state.as_raw_fd())).expect("no NUL"));
         // The workers' own variables were filtered out; the primary's NOTIFY_SOCKET goes back
         // as it was (its service manager still speaks to this pid). LISTEN_* do not: the new
@@ -104,12 +105,14 @@ impl Primary {
                 env.extend(CString::new(kv));
             }
         }
-        let argv: Vec<CString> = std::env::args_os().filter_map(|a| CString::new(a.as_bytes()).ok()).collect();
-        let path = CString::new(exe.as_os_str().as_bytes()).map_err(|_| "the program's path has a NUL byte")?;
-        // The signal mask stays across execve: the new image's signalfd finds what arrived.
-        let e = crate::sys::exec::execve(&path, &argv, &env);
+        // Everything that can fail is done: only now do the descriptors lose close-on-exec, and
+        // whatever happens next gives it back (a worker forked later must not inherit them).
+        let result = crate::sys::exec::set_cloexec(&fds, false).map_err(|e| e.to_string()).and_then(|()| {
+            // The signal mask stays across execve: the new image's signalfd finds what arrived.
+            Err(crate::sys::exec::execve(&path, &argv, &env).to_string())
+        });
         let _ = crate::sys::exec::set_cloexec(&fds, true);
-        Err(e.to_string())
+        result
     }
 
     /// The state the new image needs, as [`Writer`] lines.

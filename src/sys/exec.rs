@@ -69,14 +69,28 @@ fn cloexec_from(first: RawFd) -> io::Result<()> {
     }
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(1 << 20);
     for fd in first..limit.min(RawFd::MAX as u64) as RawFd {
-        // SAFETY: F_GETFD/F_SETFD on a number that may not be open: EBADF then, and nothing
-        // else happens.
-        unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFD);
-            if flags >= 0 {
-                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
-            }
-        }
+        // Most numbers are not open (EBADF): nothing to mark.
+        let _ = fd_cloexec(fd, true);
+    }
+    Ok(())
+}
+
+/// Sets (`on`) or clears close-on-exec on descriptor number `fd`: `fcntl(F_GETFD)`, then
+/// `fcntl(F_SETFD)`.
+///
+/// # Errors
+/// The failing call (`"F_GETFD"`, `"F_SETFD"`) and its error (`EBADF`: not open).
+fn fd_cloexec(fd: RawFd, on: bool) -> Result<(), (&'static str, io::Error)> {
+    // SAFETY: F_GETFD reads one flag of a descriptor number; a number that is not open fails
+    // with EBADF and nothing happens.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(("F_GETFD", io::Error::last_os_error()));
+    }
+    let flags = if on { flags | libc::FD_CLOEXEC } else { flags & !libc::FD_CLOEXEC };
+    // SAFETY: F_SETFD on the descriptor just read changes only its descriptor flags.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags) } < 0 {
+        return Err(("F_SETFD", io::Error::last_os_error()));
     }
     Ok(())
 }
@@ -135,17 +149,12 @@ pub fn inherit_fd(fd: RawFd, what: &str) -> io::Result<OwnedFd> {
             format!("{what}={fd}: not a descriptor herd passes (0, 1 and 2 are stdio)"),
         ));
     }
-    // SAFETY: F_GETFD on a number that may not be open reads a flag or fails with EBADF.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-    if flags < 0 {
+    if let Err((call, e)) = fd_cloexec(fd, true) {
+        let why = if e.raw_os_error() == Some(libc::EBADF) { "is not open" } else { "cannot be taken" };
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("{what}={fd}: descriptor {fd} is not open ({})", io::Error::last_os_error()),
+            format!("{what}={fd}: descriptor {fd} {why} (fcntl({fd}, {call}): {e})"),
         ));
-    }
-    // SAFETY: setting FD_CLOEXEC on an open descriptor changes only that flag.
-    unsafe {
-        libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
     }
     // SAFETY: the descriptor is open, and this process was handed it across exec for this
     // purpose; the caller takes it once per name (the environment names each number once), so
@@ -156,20 +165,15 @@ pub fn inherit_fd(fd: RawFd, what: &str) -> io::Result<OwnedFd> {
 /// Sets or clears close-on-exec on each of `fds`: cleared, they survive the coming `execve`
 /// under the same numbers (the primary's in-place upgrade).
 ///
+/// Every descriptor is tried, whatever the others do (so that giving the flag back after a
+/// failure gives it back everywhere it can).
+///
 /// # Errors
-/// `fcntl`'s failure, naming the descriptor (`EBADF`: not open).
+/// The first `fcntl` failure, naming the call and the descriptor (`EBADF`: not open).
 pub fn set_cloexec(fds: &[RawFd], cloexec: bool) -> io::Result<()> {
-    for &fd in fds {
-        // SAFETY: F_GETFD/F_SETFD read and change one flag of a descriptor number; a number
-        // that is not open fails with EBADF and nothing happens.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-        let flags = if cloexec { flags | libc::FD_CLOEXEC } else { flags & !libc::FD_CLOEXEC };
-        // SAFETY: as above.
-        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags) } < 0 {
-            return Err(super::context(io::Error::last_os_error(), format!("fcntl(F_SETFD, {fd})")));
-        }
-    }
-    Ok(())
+    fds.iter()
+        .map(|&fd| fd_cloexec(fd, cloexec).map_err(|(call, e)| super::context(e, format!("fcntl({fd}, {call})"))))
+        .fold(Ok(()), |first, r| first.and(r))
 }
 
 #[cfg(test)]
