@@ -171,9 +171,15 @@ pub fn inherit_fd(fd: RawFd, what: &str) -> io::Result<OwnedFd> {
 /// # Errors
 /// The first `fcntl` failure, naming the call and the descriptor (`EBADF`: not open).
 pub fn set_cloexec(fds: &[RawFd], cloexec: bool) -> io::Result<()> {
-    fds.iter()
-        .map(|&fd| fd_cloexec(fd, cloexec).map_err(|(call, e)| super::context(e, format!("fcntl({fd}, {call})"))))
-        .fold(Ok(()), |first, r| first.and(r))
+    let mut first = Ok(());
+    for &fd in fds {
+        if let Err((call, e)) = fd_cloexec(fd, cloexec) {
+            if first.is_ok() {
+                first = Err(super::context(e, format!("fcntl({fd}, {call})")));
+            }
+        }
+    }
+    first
 }
 
 #[cfg(test)]
