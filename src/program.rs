@@ -170,8 +170,18 @@ pub(crate) fn base_environment() -> Vec<CString> {
         .collect()
 }
 
+fn executable(p: &Path) -> bool {
+    rustix::fs::access(p, rustix::fs::Access::EXEC_OK).is_ok() && p.is_file()
+}
+
+/// The first executable file called `name` in the directories of `PATH` (a shell's default
+/// when it is unset), as `execvp` would find it.
+pub(crate) fn find_in_path(name: &OsStr) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| executable(p))
+}
+
 fn resolve(name: &OsStr) -> io::Result<PathBuf> {
-    let executable = |p: &Path| rustix::fs::access(p, rustix::fs::Access::EXEC_OK).is_ok() && p.is_file();
     if name.as_bytes().contains(&b'/') {
         let p = PathBuf::from(name);
         if !p.exists() {
@@ -185,10 +195,7 @@ fn resolve(name: &OsStr) -> io::Result<PathBuf> {
         }
         return Ok(p);
     }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| executable(p))
+    find_in_path(name)
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("program {name:?}: not found in PATH")))
 }
 

@@ -80,8 +80,7 @@ impl Primary {
                 Phase::Ready => lines.push("READY=1".to_owned()),
                 Phase::Reloading => {
                     lines.push("RELOADING=1".to_owned());
-                    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-                    let usec = now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000;
+                    let usec = crate::sys::timerfd::monotonic_us();
                     lines.push(format!("MONOTONIC_USEC={usec}"));
                 }
                 Phase::Stopping => lines.push("STOPPING=1".to_owned()),

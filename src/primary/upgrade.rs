@@ -376,8 +376,7 @@ pub(super) fn program_path() -> Option<PathBuf> {
     let found = if argv0.as_bytes().contains(&b'/') {
         std::env::current_dir().ok().map(|cwd| cwd.join(&given)).filter(|p| p.is_file())
     } else {
-        std::env::var_os("PATH")
-            .and_then(|path| std::env::split_paths(&path).map(|d| d.join(&given)).find(|p| p.is_file()))
+        crate::program::find_in_path(&argv0)
     };
     found.or_else(|| std::env::current_exe().ok())
 }

@@ -11,7 +11,7 @@ use crate::listener::{Listener, StreamKind};
 use crate::mode::Mode;
 use crate::program::env;
 use crate::stats::Counters;
-use crate::sys::exec::{FIRST_FD, inherit_fd};
+use crate::sys::exec::inherit_fd;
 use crate::sys::signal::{Disposition, disposition, set_disposition};
 
 /// Signals a terminal sends to the whole process group, and the ones that drive the primary:
@@ -84,8 +84,8 @@ impl Worker {
     /// # Errors
     /// `NotFound` if `HERD_CHANNEL_FD` is not set (the program was not started by herd);
     /// `InvalidInput` naming the variable for a value that does not parse, a descriptor that
-    /// is not open, a listener meant for another pid (`LISTEN_PID`) or that is not a listening
-    /// socket.
+    /// is not open, a listener that is not a listening socket, or none where the mode needs
+    /// one (`LISTEN_FDS` unset, or `LISTEN_PID` naming another process).
     pub fn from_env() -> io::Result<Worker> {
         let control = Channel::from(descriptor(env::CHANNEL_FD)?.ok_or_else(|| missing(env::CHANNEL_FD))?);
         let id: usize = required(env::WORKER_ID)?;
@@ -95,21 +95,10 @@ impl Worker {
         // io_uring may be refused to this program where it was not to the primary (a seccomp
         // filter of its own): epoll then.
         let backend = if backend.available().is_ok() { backend } else { Backend::Epoll };
-        let listener = match var::<usize>(env::LISTEN_FDS)? {
-            None | Some(0) => None,
-            Some(_) => {
-                let pid: u32 = required(env::LISTEN_PID)?;
-                if pid != std::process::id() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!(
-                            "LISTEN_PID={pid}: the listeners are meant for another process (this is {})",
-                            std::process::id()
-                        ),
-                    ));
-                }
-                Some(Listener::inherited(inherit_fd(FIRST_FD, "LISTEN_FDS")?, "descriptor 3 (LISTEN_FDS)")?)
-            }
+        // By the sd_listen_fds convention: herd passes one, at descriptor 3.
+        let listener = match crate::activation::listen_fds()?.into_iter().next() {
+            Some(passed) => Some(Listener::inherited(passed.fd, "descriptor 3 (LISTEN_FDS)")?),
+            None => None,
         };
         let wait = match mode {
             Mode::Shared(strategy) => Some(strategy.wait()),
@@ -137,7 +126,10 @@ impl Worker {
             (None, Some(_)) => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("LISTEN_FDS is not set: {mode} mode passes the worker a listener"),
+                    format!(
+                        "no listener was passed (LISTEN_FDS is unset or 0, or LISTEN_PID names another process): \
+                         {mode} mode passes the worker one"
+                    ),
                 ));
             }
         };
