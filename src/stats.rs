@@ -218,6 +218,11 @@ impl Counters {
         }
     }
 
+    /// Handoffs `slot`'s workers have taken off their lanes, over the slot's life.
+    pub(crate) fn handoffs_received(&self, slot: usize) -> u64 {
+        self.line(1 + slot).0[WorkerCounter::HandoffsReceived as usize].load(Ordering::Relaxed)
+    }
+
     /// The connections `slot`'s workers hold now.
     pub(crate) fn live(&self, slot: usize) -> u64 {
         self.live_cell(slot, 0).load(Ordering::Relaxed) + self.live_cell(slot, 1).load(Ordering::Relaxed)

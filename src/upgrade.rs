@@ -205,7 +205,7 @@ pub(crate) fn take_state() -> io::Result<Option<Vec<Line>>> {
     let mut buf = [0u8; 16 * 1024];
     let mut offset = 0u64;
     loop {
-        let got = rustix::io::pread(&fd, &mut buf, offset).map_err(|e| bad(format!("reading: {e}")))?;
+        let got = rustix::io::pread(&fd, &mut buf, offset).map_err(|e| bad(format!("pread({UPGRADE_FD}={n}): {e}")))?;
         if got == 0 {
             break;
         }

@@ -30,7 +30,8 @@ enum Phase {
 pub(super) struct Notifier {
     socket: String,
     phase: Phase,
-    status: String,
+    /// What the last `STATUS=` said: (workers listening, target, generation).
+    status: Option<(usize, usize, u64)>,
 }
 
 impl Notifier {
@@ -51,7 +52,7 @@ impl Notifier {
     /// A notifier for the `NOTIFY_SOCKET` of this process, if it has one.
     pub(super) fn from_env() -> Option<Notifier> {
         let socket = std::env::var(crate::program::env::NOTIFY_SOCKET).ok().filter(|s| !s.is_empty())?;
-        Some(Notifier { socket, phase: Phase::Starting, status: String::new() })
+        Some(Notifier { socket, phase: Phase::Starting, status: None })
     }
 }
 
@@ -69,7 +70,11 @@ impl Primary {
         } else {
             Phase::Starting
         };
-        let status = format!("{listening} of {} workers listening, generation {}", self.target, self.generation);
+        // Compared as numbers: this runs after every turn, and says nothing most of the time.
+        let status = Some((listening, self.target, self.generation));
+        if phase == n.phase && status == n.status {
+            return;
+        }
         let mut lines = Vec::new();
         if phase != n.phase {
             match phase {
@@ -88,7 +93,10 @@ impl Primary {
             }
         }
         if status != n.status {
-            lines.push(format!("STATUS={status}"));
+            lines.push(format!(
+                "STATUS={listening} of {} workers listening, generation {}",
+                self.target, self.generation
+            ));
         }
         if lines.is_empty() {
             return;

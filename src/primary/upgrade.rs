@@ -150,7 +150,7 @@ impl Primary {
             .kv("generation", self.generation)
             .text("unix_path", &self._unix_path.as_ref().map_or(String::new(), |p| p.path().display().to_string()))
             .kv("told_ready", u8::from(self.service_manager.as_ref().is_some_and(|n| n.told_ready())))
-            .kv("outbox_frames_dropped", self.workers.values().filter(|w| !w.outbox.is_empty()).count());
+            .kv("outboxes_dropped", self.workers.values().filter(|w| !w.outbox.is_empty()).count());
         for slot in &self.vacated {
             w.line("vacated").kv("slot", slot);
         }
@@ -355,7 +355,7 @@ impl Primary {
             worker_main,
         };
         primary.events.push_back(Event::Upgraded { pid: std::process::id(), workers: count });
-        let dropped: usize = p.get("outbox_frames_dropped")?;
+        let dropped: usize = p.get("outboxes_dropped")?;
         if dropped > 0 {
             primary.warn(format!(
                 "{dropped} workers had messages waiting for room in their channel at the upgrade; they were not sent"

@@ -269,6 +269,10 @@ pub(crate) struct Dispatcher {
     policy: HandoffPolicy,
     /// xorshift64 state for [`HandoffPolicy::LeastLoaded`]'s two random picks.
     rng: u64,
+    /// [`HandoffPolicy::LeastLoaded`]'s lanes with room, and lanes a send just failed on:
+    /// kept between drains so that handing out does not allocate.
+    open: Vec<usize>,
+    failed: Vec<usize>,
     /// In fork order; round-robin runs over this.
     lanes: Vec<Lane>,
     /// The index in `lanes` to try first.
@@ -294,6 +298,8 @@ impl Dispatcher {
             window: window.max(1),
             policy: HandoffPolicy::RoundRobin,
             rng: u64::from(std::process::id()) << 32 | 0x9e37_79b9,
+            open: Vec::new(),
+            failed: Vec::new(),
             lanes: Vec::new(),
             cursor: 0,
             queue: VecDeque::new(),
@@ -405,7 +411,7 @@ impl Dispatcher {
     }
 
     pub(crate) fn add_lane(&mut self, key: u64, slot: usize, ours: Channel, theirs: Channel) {
-        let received_base = self.counters.worker(slot).handoffs_received;
+        let received_base = self.counters.handoffs_received(slot);
         self.lanes.push(Lane {
             key,
             slot,
@@ -693,19 +699,19 @@ impl Dispatcher {
     /// over the lanes with room, as in round-robin, so a burst still goes out in few frames.
     fn drain_least_loaded(&mut self, mut send: impl FnMut(&mut Dispatcher, usize, usize) -> bool) {
         let now = Instant::now();
-        let mut open: Vec<usize> = Vec::with_capacity(self.lanes.len());
-        let mut failed: Vec<usize> = Vec::new();
+        let (mut open, mut failed) = (std::mem::take(&mut self.open), std::mem::take(&mut self.failed));
+        failed.clear();
         while !self.queue.is_empty() {
             open.clear();
             open.extend(
                 (0..self.lanes.len()).filter(|&i| self.lanes[i].room(self.window, now) > 0 && !failed.contains(&i)),
             );
             let i = match open.len() {
-                0 => return,
+                0 => break,
                 1 => open[0],
                 n => {
-                    let a = open[self.random(n)];
-                    let b = open[(open.iter().position(|&x| x == a).unwrap_or(0) + 1 + self.random(n - 1)) % n];
+                    let first = self.random(n);
+                    let (a, b) = (open[first], open[(first + 1 + self.random(n - 1)) % n]);
                     if self.load(b) < self.load(a) { b } else { a }
                 }
             };
@@ -716,6 +722,7 @@ impl Dispatcher {
                 failed.push(i);
             }
         }
+        (self.open, self.failed) = (open, failed);
     }
 
     /// Lane `i`'s worker's load: the handoffs it has not read yet and the connections it holds.
@@ -723,10 +730,9 @@ impl Dispatcher {
     /// says more about when the worker last acknowledged than about what it has to do.)
     fn load(&self, i: usize) -> u64 {
         let lane = &self.lanes[i];
-        let slot = self.counters.worker(lane.slot);
         // A program not linked with herd counts nothing: its acknowledgements say as much.
-        let received = slot.handoffs_received.saturating_sub(lane.received_base).max(lane.acked);
-        lane.sent.saturating_sub(lane.reclaimed + received) + slot.live
+        let received = self.counters.handoffs_received(lane.slot).saturating_sub(lane.received_base).max(lane.acked);
+        lane.sent.saturating_sub(lane.reclaimed + received) + self.counters.live(lane.slot)
     }
 
     /// A number below `n` (xorshift64: cheap, and good enough to break ties).
